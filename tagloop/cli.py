@@ -1,0 +1,57 @@
+"""The ``tagloop`` command line: one click group, one subcommand per stage.
+
+Exit codes: 0 success, 1 some inputs failed (each named on stderr), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .config import build_default_map, find_config, read_config
+
+
+class TagloopGroup(click.Group):
+    """Lists commands in the order they were added (the order of the loop)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=TagloopGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="tagloop")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML file whose keys fill option defaults (default: ./tagloop.toml, then the user config folder).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """tagloop: image -> tagger -> filters -> prompt -> generator -> tagger again -> report.
+
+    \b
+    Example:
+      tagloop tag images/ --model SmilingWolf/wd-swinv2-tagger-v3 --format json
+    """
+    path = find_config(config_path)
+    if path is not None:
+        data = read_config(path)
+        ctx.default_map = build_default_map(main, ctx, path, data)
+        ctx.meta["config_path"] = path
+
+
+def _register() -> None:
+    from .tagger.command import tag_command
+
+    main.add_command(tag_command, "tag")
+
+
+_register()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

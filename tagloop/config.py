@@ -1,0 +1,105 @@
+"""``tagloop.toml``: fills every CLI option's default, as black reads ``pyproject.toml``.
+
+Lookup order: ``--config FILE``; else ``./tagloop.toml``; else ``$XDG_CONFIG_HOME/tagloop/tagloop.toml``
+(``~/.config/tagloop/tagloop.toml``; ``%APPDATA%\\tagloop\\tagloop.toml`` on Windows).
+
+Layout: top-level keys apply to every command that has an option of that name (``device``,
+``a1111_dir``, ``model``...); a ``[command]`` table applies to one command and wins::
+
+    a1111_dir = "D:/stable-diffusion-webui"
+    device = "cuda"
+
+    [tag]
+    model = "deepdanbooru"
+    batch_size = 32
+    bands = "0.08:0.55, 0.15:0.45, 0.38"
+
+Keys are option names with ``-`` or ``_``. The command line overrides the file. An unknown key, or a
+value the option rejects, is an error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAME = "tagloop.toml"
+
+
+class ConfigError(click.UsageError):
+    """A problem in a config file; exits with code 2."""
+
+
+def user_config_dir() -> Path:
+    if os.name == "nt":
+        return Path(os.environ.get("APPDATA", Path.home())) / "tagloop"
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "tagloop"
+
+
+def find_config(explicit: str | Path | None) -> Path | None:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist.")
+        return p
+    for p in (Path.cwd() / CONFIG_NAME, user_config_dir() / CONFIG_NAME):
+        if p.is_file():
+            return p
+    return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}).") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e}).") from None
+
+
+def _key(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def build_default_map(group: click.Group, ctx: click.Context, path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate ``data`` against the group's commands and return click's ``default_map``."""
+    commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    params = {name: {p.name: p for p in cmd.params if p.name} for name, cmd in commands.items() if cmd is not None}
+    top = {k: v for k, v in data.items() if not isinstance(v, dict) or _key(k) not in params}
+    tables = {_key(k): v for k, v in data.items() if isinstance(v, dict) and _key(k) in params}
+    known_anywhere = {p for ps in params.values() for p in ps}
+    for k in top:
+        if _key(k) not in known_anywhere:
+            raise ConfigError(f"{path}: unknown key {k!r} (no command has an option of that name).")
+    out: dict[str, dict[str, Any]] = {}
+    for cmd_name, cmd_params in params.items():
+        values: dict[str, Any] = {}
+        for k, v in top.items():
+            if _key(k) in cmd_params:
+                values[_key(k)] = v
+        for k, v in tables.get(cmd_name, {}).items():
+            if _key(k) not in cmd_params:
+                raise ConfigError(f"{path}: [{cmd_name}] has unknown key {k!r}.")
+            values[_key(k)] = v
+        for k, v in values.items():
+            param = cmd_params[k]
+            try:
+                if isinstance(v, list) and not param.multiple and param.nargs == 1:
+                    raise click.BadParameter(f"expected one value, got a list {v!r}")
+                param.type_cast_value(ctx, v)
+            except click.BadParameter as e:
+                where = f"[{cmd_name}] {k}" if cmd_name in tables and k in map(_key, tables[cmd_name]) else k
+                raise ConfigError(f"{path}: {where} = {v!r}: {e.message}") from None
+        if values:
+            out[cmd_name] = values
+    return out
