@@ -1,0 +1,283 @@
+"""``tagloop tag``: tag images or folders; text, JSON, JSONL or kohya ``.txt`` sidecars."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ..fileio import atomic_write_text
+from ..tagtext import TagPolicy
+from .result import TagResult
+from .threshold import DEFAULT_BANDS, format_bands, parse_bands
+
+
+class ThresholdType(click.ParamType):
+    """``auto`` or a number in 0..1."""
+
+    name = "auto|FLOAT"
+
+    def convert(self, value: Any, param, ctx) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither `auto` nor a number", param, ctx)
+        if not 0.0 <= v <= 1.0:
+            self.fail(f"{v} is outside 0..1", param, ctx)
+        return v
+
+
+class BandsType(click.ParamType):
+    name = "BANDS"
+
+    def convert(self, value: Any, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_bands(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+UNIT_FLOAT = click.FloatRange(0.0, 1.0)
+
+
+def tagger_options(f: Callable) -> Callable:
+    """The options that choose, load and threshold a tagger (shared by ``tag`` and ``prompt``)."""
+    from .resolve import DEFAULT_MODEL
+
+    options = [
+        click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                     help="Tagger: a file, a folder, `deepdanbooru` (found under --a1111-dir), a WD14 name, or a hub id."),
+        click.option("--threshold", type=ThresholdType(), default="auto", show_default=True,
+                     help="Score threshold: `auto` picks it from the image's Canny edge density (see --bands), a number fixes it; 0 returns every tag."),
+        click.option("--general-threshold", type=UNIT_FLOAT, default=None, help="Threshold for general tags (overrides --threshold)."),
+        click.option("--character-threshold", type=UNIT_FLOAT, default=None, help="Threshold for character tags (overrides --threshold)."),
+        click.option("--mcut", is_flag=True, default=False, help="Per-category MCut thresholds (largest gap between sorted scores)."),
+        click.option("--bands", type=BandsType(), default=format_bands(DEFAULT_BANDS), show_default=True,
+                     help="Adaptive bands, `upper:threshold` pairs by edge density, the last a bare threshold."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the model runs."),
+        click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+                     help="Compute precision (auto: bf16/fp16 on CUDA, fp32 on CPU)."),
+        click.option("--require-gpu", is_flag=True, default=False, help="Fail instead of falling back to the CPU when CUDA is not in use."),
+        click.option("--tensorrt", is_flag=True, default=False, help="ONNX models: try onnxruntime's TensorRT provider first."),
+        click.option("--backend", type=click.Choice(["deepdanbooru", "onnx", "wd-timm"]), default=None,
+                     help="Force a tagger backend (default: detected from the files)."),
+        click.option("--allow-pickle", is_flag=True, default=False,
+                     help="Allow full-pickle .ckpt/.pt files (they can run code: only for files you trust)."),
+        click.option("--dd-preprocess", type=click.Choice(["a1111", "kdd"]), default="a1111", show_default=True,
+                     help="DeepDanbooru input: as AUTOMATIC1111 feeds it, or as the original project (area resize, edge pad)."),
+        click.option("--tags-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Label file (tags.txt or selected_tags.csv) when it is not beside the model."),
+        click.option("--a1111-dir", type=click.Path(file_okay=False), default=None,
+                     help="An AUTOMATIC1111 install whose models/ folder holds your models."),
+        click.option("--comfyui-dir", type=click.Path(file_okay=False), default=None,
+                     help="A ComfyUI install whose custom_nodes/ComfyUI-WD14-Tagger/models holds WD14 .onnx files."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                     help="Refuse images with more pixels than this (default 64 million)."),
+        click.option("--max-tags", type=click.IntRange(min=0), default=None, help="Keep at most N tags per image (highest scores)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+TAGGER_OPTION_NAMES = (
+    "model", "threshold", "general_threshold", "character_threshold", "mcut", "bands", "device", "dtype",
+    "require_gpu", "tensorrt", "backend", "allow_pickle", "dd_preprocess", "tags_file", "a1111_dir",
+    "comfyui_dir", "max_pixels", "max_tags",
+)
+
+
+def build_tagger(**kw: Any):
+    """Load (or reuse) the tagger the options name and make its :class:`TagOptions`."""
+    from .base import LoadOptions
+    from .preprocess import DEFAULT_MAX_PIXELS
+    from .resolve import get_tagger
+    from .run import TagOptions
+
+    load = LoadOptions(
+        device=kw.get("device") or "auto",
+        dtype=kw.get("dtype") or "auto",
+        tensorrt=bool(kw.get("tensorrt")),
+        require_gpu=bool(kw.get("require_gpu")),
+        allow_pickle=bool(kw.get("allow_pickle")),
+        dd_preprocess=kw.get("dd_preprocess") or "a1111",
+        tags_file=Path(kw["tags_file"]) if kw.get("tags_file") else None,
+    )
+    tagger = get_tagger(
+        kw.get("model") or "", load,
+        a1111_dir=kw.get("a1111_dir"), comfyui_dir=kw.get("comfyui_dir"), backend=kw.get("backend"),
+    )
+    bands = kw.get("bands") or DEFAULT_BANDS
+    if isinstance(bands, str):
+        bands = parse_bands(bands)
+    options = TagOptions(
+        threshold=kw.get("threshold"),
+        general_threshold=kw.get("general_threshold"),
+        character_threshold=kw.get("character_threshold"),
+        mcut=bool(kw.get("mcut")),
+        bands=tuple(bands),
+        max_tags=kw.get("max_tags"),
+        max_pixels=kw.get("max_pixels") or DEFAULT_MAX_PIXELS,
+    )
+    if kw.get("batch_size"):
+        options.batch_size = int(kw["batch_size"])
+    if kw.get("workers"):
+        options.workers = int(kw["workers"])
+    return tagger, options
+
+
+def tag_one(image_path: str | Path, **kw: Any) -> TagResult:
+    """Tag one image with the tagger options' values (as ``tagger_options`` names them)."""
+    from .run import tag_image
+
+    tagger, options = build_tagger(**kw)
+    return tag_image(tagger, str(image_path), options, name=str(image_path))
+
+
+def user_errors(f: Callable) -> Callable:
+    """Turn model/config problems into one sentence and exit code 2."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from ..hub import HubError
+        from .base import TaggerError
+
+        try:
+            return f(*args, **kwargs)
+        except (TaggerError, HubError) as e:
+            raise click.UsageError(str(e)) from None
+
+    return wrapper
+
+
+def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: bool, character_first: bool) -> str:
+    tags = list(result.tags)
+    if character_first:
+        tags.sort(key=lambda t: t.category != "character")  # stable: score order kept within groups
+    names = [t.name for t in tags]
+    values = [t.score for t in tags] if scores else None
+    if include_rating and result.rating:
+        top = result.top_rating()
+        names.insert(0, f"rating:{top}" if not top.startswith("rating:") else top)
+        if values is not None:
+            values.insert(0, result.rating[top])
+    return policy.join(names, values)
+
+
+@click.command("tag")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@tagger_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl"]), default="text", show_default=True,
+              help="text: caption per image (PATH<TAB>caption when several); json: an object (a list for several); jsonl: one object a line.")
+@click.option("--sidecar", is_flag=True, default=False, help="Write a kohya-style caption file (IMAGE_STEM.txt) next to each image.")
+@click.option("--caption-extension", default=".txt", show_default=True, help="Extension of sidecar caption files.")
+@click.option("--skip-existing", is_flag=True, default=False, help="With --sidecar: leave images that already have a caption file alone.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (atomically) instead of stdout.")
+@click.option("--recursive", "-r", is_flag=True, default=False, help="Walk folders recursively.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads (default: one per core, up to 8).")
+@click.option("--filters", "filter_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Blocklist file(s) (filter.txt format) applied to the tags; repeatable.")
+@click.option("--underscores", is_flag=True, default=False, help="Keep underscores (default: spaces, as A1111's 'use spaces').")
+@click.option("--no-escape", is_flag=True, default=False, help="Do not escape parentheses (default: `\\(` as A1111).")
+@click.option("--scores", "show_scores", is_flag=True, default=False, help="Text/sidecar: write each tag as (tag:0.87).")
+@click.option("--include-rating", is_flag=True, default=False, help="Text/sidecar: put the top rating tag first.")
+@click.option("--character-first", is_flag=True, default=False, help="Text/sidecar: character tags before general ones.")
+@click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar.")
+@user_errors
+def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, recursive, batch_size, workers,
+                filter_files, underscores, no_escape, show_scores, include_rating, character_first, quiet, **kw):
+    """Tag images (files or folders) with a DeepDanbooru or WD14 tagger.
+
+    \b
+    Examples:
+      tagloop tag cat.png --model SmilingWolf/wd-swinv2-tagger-v3
+      tagloop tag dataset/ -r --model deepdanbooru --a1111-dir ~/stable-diffusion-webui --sidecar
+      tagloop tag a.jpg b.png --model ./wd-vit-tagger-v3 --threshold 0.35 --format json
+
+    Exit codes: 0 all tagged, 1 some images failed (each named on stderr), 2 usage, model or config error.
+    """
+    from .run import expand_paths, tag_files
+
+    files, problems = expand_paths(paths, recursive=recursive)
+    if sidecar and skip_existing:
+        kept = [f for f in files if not f.with_suffix(caption_extension).exists()]
+        skipped = len(files) - len(kept)
+        files = kept
+        if skipped and not quiet:
+            click.echo(f"tagloop: skipped {skipped} image(s) that already have a caption file", err=True)
+    failed = 0
+    for p, why in problems:
+        click.echo(f"tagloop: {p}: {why}", err=True)
+        failed += 1
+    blocklist = _load_filters(filter_files)
+    policy = TagPolicy(use_spaces=not underscores, escape=not no_escape)
+    tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
+
+    single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
+    results_json: list[dict] = []
+    text_lines: list[str] = []
+    to_stdout = output is None
+    progress = None
+    if not quiet and len(files) > 1:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(files), unit="img", desc="tagging", file=sys.stderr, disable=None)
+    try:
+        for result in tag_files(tagger, files, options):
+            if progress is not None:
+                progress.update(1)
+            if result.error is not None:
+                failed += 1
+                click.echo(f"tagloop: {result.path}: {result.error}", err=True)
+                continue
+            if blocklist is not None:
+                result = blocklist(result)
+            if sidecar:
+                text = caption(result, policy, show_scores, include_rating, character_first)
+                atomic_write_text(Path(result.path).with_suffix(caption_extension), text + "\n")
+            if fmt == "jsonl":
+                line = json.dumps(result.to_json(), ensure_ascii=False)
+                if to_stdout:
+                    click.echo(line)
+                else:
+                    text_lines.append(line)
+            elif fmt == "json":
+                results_json.append(result.to_json())
+            elif not sidecar or not to_stdout:
+                text = caption(result, policy, show_scores, include_rating, character_first)
+                line = text if single else f"{result.path}\t{text}"
+                if to_stdout:
+                    click.echo(line)
+                else:
+                    text_lines.append(line)
+    finally:
+        if progress is not None:
+            progress.close()
+    if fmt == "json":
+        payload = json.dumps(results_json[0] if single and results_json else results_json, ensure_ascii=False, indent=2)
+        if to_stdout:
+            click.echo(payload)
+        else:
+            atomic_write_text(output, payload + "\n")
+    elif not to_stdout:
+        atomic_write_text(output, "".join(line + "\n" for line in text_lines))
+    if failed:
+        sys.exit(1)
+
+
+def _load_filters(filter_files) -> Callable[[TagResult], TagResult] | None:
+    """A blocklist from filter files, as a function on results (None without files)."""
+    if not filter_files:
+        return None
+    from ..filters import load_blocklist_filter  # written with the filters issue
+
+    return load_blocklist_filter([Path(f) for f in filter_files])

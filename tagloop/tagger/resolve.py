@@ -1,0 +1,135 @@
+"""From a ``--model`` argument to a loaded tagger, once per process.
+
+A model argument is, in this order:
+1. a local file or folder;
+2. ``deepdanbooru`` (or ``deepbooru``): AUTOMATIC1111's ``models/torch_deepdanbooru/
+   model-resnet_custom_v3.pt`` under ``--a1111-dir``;
+3. a WD14 short name (``wd-swinv2-tagger-v3``) found as ComfyUI-WD14-Tagger keeps them under
+   ``--comfyui-dir`` (``custom_nodes/ComfyUI-WD14-Tagger/models/NAME.onnx`` + ``NAME.csv``), else
+   the ``SmilingWolf/NAME`` hub repository;
+4. a hub id ``owner/name``: ``model.onnx`` + ``selected_tags.csv`` (CPU, or ``--backend onnx``), or the
+   timm files ``config.json`` + ``model.safetensors`` + ``selected_tags.csv`` (CUDA, or ``--backend
+   wd-timm``), downloaded into the hub cache with a progress bar.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import astuple
+from pathlib import Path
+
+from ..hub import HubError, download_folder, looks_like_repo_id
+from .base import LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger, resolve_device
+
+#: The default ``--model`` (configurable with ``model = ...`` in tagloop.toml).
+DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
+
+WD14_MODELS = (
+    "wd-v1-4-moat-tagger-v2",
+    "wd-v1-4-swinv2-tagger-v2",
+    "wd-v1-4-convnext-tagger-v2",
+    "wd-v1-4-convnextv2-tagger-v2",
+    "wd-v1-4-vit-tagger-v2",
+    "wd-vit-tagger-v3",
+    "wd-swinv2-tagger-v3",
+    "wd-convnext-tagger-v3",
+    "wd-vit-large-tagger-v3",
+    "wd-eva02-large-tagger-v3",
+)
+DEEPDANBOORU_NAMES = ("deepdanbooru", "deepbooru", "deepdanbooru-v3")
+A1111_DD_RELPATH = Path("models") / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
+COMFY_WD14_RELDIR = Path("custom_nodes") / "ComfyUI-WD14-Tagger" / "models"
+
+ONNX_FILES = ["model.onnx", "selected_tags.csv"]
+TIMM_FILES = ["config.json", "model.safetensors", "selected_tags.csv"]
+
+
+def resolve_model_path(
+    spec: str,
+    *,
+    a1111_dir: str | Path | None = None,
+    comfyui_dir: str | Path | None = None,
+    device: str = "cpu",
+    backend: str | None = None,
+) -> Path:
+    """The local path (file or folder) a ``--model`` argument names, downloading hub files if needed."""
+    spec = str(spec).strip()
+    local = Path(spec).expanduser()
+    if local.exists():
+        return local
+    name = spec.lower()
+    if name in DEEPDANBOORU_NAMES:
+        if a1111_dir is None:
+            raise ModelNotFoundError(
+                "`--model deepdanbooru` needs your AUTOMATIC1111 folder: pass --a1111-dir DIR (or set a1111_dir in "
+                f"tagloop.toml), or give the file itself, {A1111_DD_RELPATH.name}, with --model FILE."
+            )
+        path = Path(a1111_dir).expanduser() / A1111_DD_RELPATH
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"DeepDanbooru model not found: put {A1111_DD_RELPATH.name} (from the TorchDeepDanbooru release) at {path}."
+            )
+        return path
+    short = spec.split("/")[-1]
+    if comfyui_dir is not None and ("/" not in spec or short in WD14_MODELS):
+        onnx = Path(comfyui_dir).expanduser() / COMFY_WD14_RELDIR / f"{short}.onnx"
+        if onnx.is_file():
+            return onnx
+    if "/" not in spec and short in WD14_MODELS:
+        spec = f"SmilingWolf/{short}"
+    if looks_like_repo_id(spec):
+        want_timm = backend == "wd-timm" or (backend is None and device.startswith("cuda"))
+        hint = (
+            "Download it with network access once, or put the files "
+            f"({', '.join(TIMM_FILES if want_timm else ONNX_FILES)}) in a folder and pass --model FOLDER."
+        )
+        try:
+            return download_folder(spec, TIMM_FILES if want_timm else ONNX_FILES, local_hint=hint)
+        except HubError:
+            if not want_timm or backend == "wd-timm":
+                raise
+            # no timm weights in this repo (WD v2): the ONNX files then
+            return download_folder(spec, ONNX_FILES, local_hint=hint)
+    raise ModelNotFoundError(
+        f"Tagger model {spec!r} is neither a file, a folder, `deepdanbooru`, a WD14 name "
+        f"({', '.join(WD14_MODELS[-5:])}, ...) nor a hub id owner/name."
+    )
+
+
+_CACHE: dict[tuple, Tagger] = {}
+_LOCK = threading.Lock()
+
+
+def get_tagger(
+    spec: str,
+    options: LoadOptions | None = None,
+    *,
+    a1111_dir: str | Path | None = None,
+    comfyui_dir: str | Path | None = None,
+    backend: str | None = None,
+) -> Tagger:
+    """Resolve and load a tagger, reusing one already loaded in this process with the same settings."""
+    options = options or LoadOptions()
+    device = resolve_device(options.device)
+    path = resolve_model_path(spec, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, device=device, backend=backend)
+    key = (str(path.resolve()), backend, repr(astuple(options)))
+    with _LOCK:
+        tagger = _CACHE.get(key)
+        if tagger is None:
+            tagger = load_tagger(path, options, backend=backend)
+            _CACHE[key] = tagger
+        return tagger
+
+
+def clear_cache() -> None:
+    """Release every cached tagger (GPU memory included)."""
+    with _LOCK:
+        for tagger in _CACHE.values():
+            try:
+                tagger.close()
+            except Exception:
+                pass
+        _CACHE.clear()
+
+
+__all__ = ["DEFAULT_MODEL", "WD14_MODELS", "get_tagger", "resolve_model_path", "clear_cache", "TaggerError", "HubError"]

@@ -1,0 +1,229 @@
+"""Running a tagger over many images: parallel decode, batched inference, thresholds, results.
+
+Decoding, EXIF handling, Canny and preprocessing run in a thread pool (Pillow, OpenCV and numpy
+release the GIL), a bounded number of images ahead of the model, while the main thread runs the
+model on full batches. Memory stays bounded for folders of millions of files; results come back in
+input order; a file that fails becomes a :class:`TagResult` with ``error`` set and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .base import Tagger
+from .preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, ImageSource, load_image, to_8bit
+from .result import TagResult, TagScore
+from .threshold import DEFAULT_BANDS, Band, edge_density, mcut_threshold, pick_band
+
+
+@dataclass
+class TagOptions:
+    """Thresholds and run settings.
+
+    threshold: a fixed score threshold, or None for the adaptive (edge density) one.
+    general_threshold / character_threshold: per-category overrides (win over both).
+    mcut: per-category MCut instead of the base threshold (characters at least 0.15).
+    max_tags: keep at most this many tags (highest scores).
+    """
+
+    threshold: float | None = None
+    general_threshold: float | None = None
+    character_threshold: float | None = None
+    mcut: bool = False
+    bands: tuple[Band, ...] = DEFAULT_BANDS
+    max_tags: int | None = None
+    batch_size: int = 16
+    workers: int = field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2))))
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    compute_edge_density: bool = True
+
+
+@dataclass
+class _Prepared:
+    index: int
+    path: str
+    array: np.ndarray | None = None
+    density: float | None = None
+    error: str | None = None
+
+
+def _prepare(tagger: Tagger, index: int, source: ImageSource, name: str, options: TagOptions) -> _Prepared:
+    try:
+        img = to_8bit(source) if isinstance(source, Image.Image) else load_image(source, options.max_pixels)
+        need_density = options.compute_edge_density or options.threshold is None
+        density = edge_density(img) if need_density else None
+        arr = tagger.preprocess(img)
+        return _Prepared(index, name, arr, density)
+    except ImageDecodeError as e:
+        return _Prepared(index, name, error=str(e))
+    except Exception as e:  # one bad file never stops a bulk run
+        return _Prepared(index, name, error=f"{type(e).__name__}: {e}")
+
+
+def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | None, options: TagOptions) -> TagResult:
+    """Turn one row of probabilities into a :class:`TagResult` with the thresholds applied."""
+    probs = np.asarray(probs, dtype=np.float32).ravel()
+    cats = np.asarray(tagger.categories)
+    if options.threshold is not None:
+        base, complexity = float(options.threshold), None
+        if density is not None:
+            complexity = pick_band(density, options.bands).name
+    else:
+        band = pick_band(density if density is not None else 0.0, options.bands)
+        base, complexity = band.threshold, band.name
+    thresholds: dict[str, float] = {}
+    general_thr = base
+    character_thr = base
+    if options.mcut:
+        gen = probs[cats == "general"]
+        chars = probs[cats == "character"]
+        general_thr = mcut_threshold(gen) if gen.size else base
+        character_thr = max(0.15, mcut_threshold(chars)) if chars.size else base
+    if options.general_threshold is not None:
+        general_thr = float(options.general_threshold)
+    if options.character_threshold is not None:
+        character_thr = float(options.character_threshold)
+    thresholds["general"] = general_thr
+    if (cats == "character").any():
+        thresholds["character"] = character_thr
+
+    rating: dict[str, float] = {}
+    tags: list[TagScore] = []
+    for i in np.argsort(-probs, kind="stable"):
+        name, cat, p = tagger.tags[i], tagger.categories[i], float(probs[i])
+        if cat == "rating":
+            rating[name.removeprefix("rating:")] = p
+            continue
+        thr = character_thr if cat == "character" else general_thr
+        if p >= thr:
+            tags.append(TagScore(name, p, cat))
+    if options.max_tags is not None:
+        tags = tags[: max(0, options.max_tags)]
+    return TagResult(
+        path=path,
+        tags=tags,
+        rating=rating,
+        threshold=base,
+        edge_density=density,
+        complexity=complexity,
+        thresholds=thresholds,
+        model=tagger.source,
+    )
+
+
+def tag_sources(
+    tagger: Tagger,
+    sources: Iterable[ImageSource | Image.Image],
+    options: TagOptions | None = None,
+    names: Iterable[str] | None = None,
+) -> Iterator[TagResult]:
+    """Tag images (paths, bytes, file objects or PIL images) in input order, batched.
+
+    At most ``batch_size * 3`` images are decoded ahead of the model, so memory is bounded.
+    """
+    options = options or TagOptions()
+    batch_size = max(1, int(options.batch_size))
+    ahead = batch_size * 3
+    name_iter = iter(names) if names is not None else None
+    pending: deque[Future[_Prepared]] = deque()
+    src_iter = enumerate(sources)
+    exhausted = False
+
+    def submit_more(pool: ThreadPoolExecutor) -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < ahead:
+            try:
+                i, src = next(src_iter)
+            except StopIteration:
+                exhausted = True
+                return
+            name = next(name_iter) if name_iter is not None else (str(src) if isinstance(src, (str, Path)) else f"image{i}")
+            pending.append(pool.submit(_prepare, tagger, i, src, name, options))
+
+    with ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="tagloop-decode") as pool:
+        submit_more(pool)
+        group: list[_Prepared] = []  # failed files ride along so results keep input order
+        n_ok = 0
+        while pending:
+            prep = pending.popleft().result()
+            submit_more(pool)
+            group.append(prep)
+            n_ok += prep.error is None
+            if n_ok == batch_size:
+                yield from _run_group(tagger, group, options)
+                group, n_ok = [], 0
+        if group:
+            yield from _run_group(tagger, group, options)
+
+
+def _run_group(tagger: Tagger, group: Sequence[_Prepared], options: TagOptions) -> Iterator[TagResult]:
+    ok = [p for p in group if p.error is None]
+    done = {id(p): r for p, r in zip(ok, _run_batch(tagger, ok, options))} if ok else {}
+    for p in group:
+        if p.error is not None:
+            yield TagResult(path=p.path, tags=[], error=p.error, model=tagger.source)
+        else:
+            yield done[id(p)]
+
+
+def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) -> list[TagResult]:
+    """One forward pass; if it fails, each image alone, so one bad input only costs itself."""
+    stack = np.stack([p.array for p in batch])
+    try:
+        probs = tagger.predict(stack)
+    except Exception as e:
+        if len(batch) == 1:
+            return [TagResult(path=batch[0].path, tags=[], error=f"model failed: {type(e).__name__}: {e}", model=tagger.source)]
+        return [r for p in batch for r in _run_batch(tagger, [p], options)]
+    return [build_result(tagger, p.path, row, p.density, options) for p, row in zip(batch, probs)]
+
+
+def tag_image(tagger: Tagger, image: ImageSource | Image.Image, options: TagOptions | None = None, name: str | None = None) -> TagResult:
+    """Tag one image; raises :class:`ImageDecodeError` when it cannot be decoded."""
+    result = next(tag_sources(tagger, [image], options, names=[name] if name else None))
+    if result.error is not None:
+        raise ImageDecodeError(result.error)
+    return result
+
+
+def expand_paths(paths: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given plus images inside given folders (extensions case-insensitive).
+
+    Returns ``(files, problems)``; a missing path is a problem, not an exception.
+    """
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            walker = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(
+                (f for f in walker if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
+                key=lambda f: str(f),
+            )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append((str(raw), "no such file or folder"))
+    return files, problems
+
+
+def tag_files(
+    tagger: Tagger,
+    files: Sequence[Path],
+    options: TagOptions | None = None,
+    progress: Callable[[TagResult], None] | None = None,
+) -> Iterator[TagResult]:
+    for result in tag_sources(tagger, [str(f) for f in files], options):
+        if progress is not None:
+            progress(result)
+        yield result
