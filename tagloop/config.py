@@ -75,8 +75,9 @@ def build_default_map(group: click.Group, ctx: click.Context, path: Path, data: 
     """Validate ``data`` against the group's commands and return click's ``default_map``."""
     commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
     params = {name: {p.name: p for p in cmd.params if p.name} for name, cmd in commands.items() if cmd is not None}
-    top = {k: v for k, v in data.items() if not isinstance(v, dict) or _key(k) not in params}
-    tables = {_key(k): v for k, v in data.items() if isinstance(v, dict) and _key(k) in params}
+    by_key = {_key(name): name for name in params}
+    top = {k: v for k, v in data.items() if not isinstance(v, dict) or _key(k) not in by_key}
+    tables = {by_key[_key(k)]: v for k, v in data.items() if isinstance(v, dict) and _key(k) in by_key}
     known_anywhere = {p for ps in params.values() for p in ps}
     for k in top:
         if _key(k) not in known_anywhere:

@@ -1,0 +1,156 @@
+"""Preprocessing against values derived by hand from the reference projects' published behaviour."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tagloop.tagger.preprocess import (
+    ImageDecodeError,
+    deepdanbooru_a1111,
+    deepdanbooru_kdd,
+    load_image,
+    wd14,
+)
+
+R0 = (100, 50, 200)
+R1 = (20, 10, 40)
+
+
+def two_row_image() -> Image.Image:
+    """4 wide, 2 tall: row 0 = R0, row 1 = R1."""
+    arr = np.array([[R0] * 4, [R1] * 4], dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def test_wd14_alpha_on_white_pad_bgr():
+    # 2x1 RGBA: opaque red, fully transparent blue
+    arr = np.array([[[255, 0, 0, 255], [0, 0, 255, 0]]], dtype=np.uint8)
+    out = wd14(Image.fromarray(arr, "RGBA"), size=2)
+    # composite on white -> red, white; padded to 2x2 with white below (pad_top = (2-1)//2 = 0); BGR
+    expected = np.array([[[0, 0, 255], [255, 255, 255]], [[255, 255, 255], [255, 255, 255]]], dtype=np.uint8)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_wd14_no_resize_when_side_equals_size():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = wd14(Image.fromarray(arr, "RGB"), size=16)
+    np.testing.assert_array_equal(out, arr[:, :, ::-1])
+
+
+def test_wd14_centres_tall_image():
+    arr = np.zeros((4, 2, 3), dtype=np.uint8)  # black 2 wide x 4 tall
+    out = wd14(Image.fromarray(arr, "RGB"), size=4)
+    # pad_left = (4-2)//2 = 1: columns 0 and 3 white, 1..2 black
+    assert (out[:, 0] == 255).all() and (out[:, 3] == 255).all()
+    assert (out[:, 1:3] == 0).all()
+
+
+def test_deepdanbooru_a1111_edge_stretch_bands():
+    out = deepdanbooru_a1111(two_row_image(), 4, 4)
+    # Fit: src_w = 4, src_h = 2*4//4 = 2, pasted at y = 4//2 - 2//2 = 1; bands of height 1.
+    # Bands: Pillow's default (bicubic, a = -0.5) over a zero-height box at row 0 weights rows 0 and 1
+    # by w(0.5) = 0.5625 and w(1.5) = -0.0625, normalised: 1.125 * R0 - 0.125 * R1 (and mirrored below).
+    top = [1.125 * a - 0.125 * b for a, b in zip(R0, R1)]  # 110, 55, 220
+    bottom = [1.125 * b - 0.125 * a for a, b in zip(R0, R1)]  # 10, 5, 20
+    np.testing.assert_array_equal(out[0], np.array([top] * 4, dtype=np.uint8))
+    np.testing.assert_array_equal(out[1], np.array([R0] * 4, dtype=np.uint8))
+    np.testing.assert_array_equal(out[2], np.array([R1] * 4, dtype=np.uint8))
+    np.testing.assert_array_equal(out[3], np.array([bottom] * 4, dtype=np.uint8))
+
+
+def test_deepdanbooru_a1111_drops_alpha_without_compositing():
+    arr = np.array([[[10, 20, 30, 0]] * 4] * 4, dtype=np.uint8)
+    out = deepdanbooru_a1111(Image.fromarray(arr, "RGBA"), 4, 4)
+    assert (out == np.array([10, 20, 30], dtype=np.uint8)).all()
+
+
+def test_deepdanbooru_kdd_edge_padding():
+    out = deepdanbooru_kdd(two_row_image(), 4, 4)
+    # no resize (scale 1), edge padding one row above and below
+    for row, colour in zip(out, (R0, R0, R1, R1)):
+        assert (row == np.array(colour, dtype=np.uint8)).all()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3000, 2), (2, 3000)])
+def test_tiny_and_very_wide_images_do_not_crash(size):
+    img = Image.new("RGB", size, (120, 30, 60))
+    assert deepdanbooru_a1111(img, 128, 128).shape == (128, 128, 3)
+    assert deepdanbooru_kdd(img, 128, 128).shape == (128, 128, 3)
+    assert wd14(img, 64).shape == (64, 64, 3)
+
+
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_modes_are_converted_to_8bit_rgb(tmp_path):
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # red in CMYK
+    out = load_image(_save(cmyk, "JPEG", quality=100))
+    assert out.mode == "RGB" and out.getpixel((1, 1))[0] > 200
+
+    sixteen = Image.fromarray(np.full((4, 4), 257 * 100, dtype=np.uint16))
+    p = tmp_path / "deep.png"
+    sixteen.save(p)
+    out = load_image(p)
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (100, 100, 100)
+
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([255, 0, 0] + [0, 0, 0] * 255)
+    out = load_image(_save(pal, "PNG", transparency=0))
+    assert out.mode == "RGBA" and out.getpixel((0, 0))[3] == 0
+
+    assert load_image(_save(Image.new("L", (3, 3), 7), "PNG")).getpixel((0, 0)) == (7, 7, 7)
+    assert load_image(_save(Image.new("LA", (3, 3), (7, 9)), "PNG")).mode == "RGBA"
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out = load_image(buf.getvalue())
+    r, g, b = out.convert("RGB").getpixel((4, 4))
+    assert r > 200 and b < 50
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    out = load_image(_save(img, "JPEG", exif=exif))
+    assert out.size == (20, 40)
+
+
+def test_bad_files_raise_clear_errors(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match="empty"):
+        load_image(empty)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image", encoding="utf-8")
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        load_image(text)
+    data = _save(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="truncated|decode|open"):
+        load_image(trunc)
+    with pytest.raises(ImageDecodeError, match="cap"):
+        load_image(_save(Image.new("RGB", (100, 100)), "PNG"), max_pixels=1000)
+
+
+def test_decompression_bomb_header_is_refused():
+    data = bytearray(_save(Image.new("RGB", (1, 1)), "PNG"))
+    # IHDR payload starts at byte 16: width, height; patch to 100000 x 100000 and fix the CRC
+    data[16:24] = struct.pack(">II", 100_000, 100_000)
+    crc = zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF
+    data[29:33] = struct.pack(">I", crc)
+    with pytest.raises(ImageDecodeError, match="too large|cap"):
+        load_image(bytes(data))

@@ -1,0 +1,78 @@
+"""The shared tag-text policy and tagloop.toml handling."""
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from tagloop.cli import main
+from tagloop.tagtext import TagPolicy, canonical, escape, split_tags, unescape
+
+
+def test_canonical_matches_spaces_underscores_escapes_and_case():
+    assert canonical("Hair Ribbon \\(Blue\\)") == canonical("hair_ribbon_(blue)") == "hair_ribbon_(blue)"
+    assert canonical("^ ^") == "^_^"
+
+
+def test_policy_format():
+    p = TagPolicy()
+    assert p.format("hair_ribbon_(blue)") == "hair ribbon \\(blue\\)"
+    assert p.format("^_^") == "^_^" and p.format(":d") == ":d"
+    assert TagPolicy(keep_kaomoji=False).format("^_^") == "^ ^"
+    assert TagPolicy(use_spaces=False, escape=False).format("long_hair") == "long_hair"
+    assert p.format("smile", 0.8712) == "(smile:0.87)"
+    assert p.join(["1girl", "long_hair"], {"long_hair": 0.5}) == "1girl, (long hair:0.50)"
+
+
+def test_escape_round_trip():
+    for raw in ("a\\b", "(x)", "back\\\\slash"):
+        assert unescape(escape(raw)) == raw
+    assert split_tags("a, b\nc,, ") == ["a", "b", "c"]
+
+
+def _config(tmp_path, text):
+    p = tmp_path / "tagloop.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_config_unknown_and_bad_keys_are_named(tmp_path):
+    runner = CliRunner()
+    p = _config(tmp_path, 'colour = "red"\n')
+    r = runner.invoke(main, ["--config", str(p), "tag", "--help"])
+    assert r.exit_code == 2 and "colour" in r.output and "tagloop.toml" in r.output
+    p = _config(tmp_path, '[tag]\nbatch_size = "many"\n')
+    r = runner.invoke(main, ["--config", str(p), "tag", "--help"])
+    assert r.exit_code == 2 and "batch_size" in r.output
+    p = _config(tmp_path, '[tag]\nthreshold = 3\n')
+    r = runner.invoke(main, ["--config", str(p), "tag", "x.png"])
+    assert r.exit_code == 2 and "threshold" in r.output
+    r = runner.invoke(main, ["--config", str(tmp_path / "none.toml"), "tag", "--help"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_config_fills_defaults_and_cli_overrides(tmp_path, monkeypatch):
+    seen = {}
+
+    @main.command("echo-defaults")
+    @click.option("--device", default="auto")
+    @click.option("--batch-size", type=int, default=1)
+    def echo_defaults(device, batch_size):
+        seen.update(device=device, batch_size=batch_size)
+
+    try:
+        p = _config(tmp_path, 'device = "cpu"\n[echo-defaults]\nbatch-size = 7\n')
+        r = CliRunner().invoke(main, ["--config", str(p), "echo-defaults"])
+        assert r.exit_code == 0, r.output
+        assert seen == {"device": "cpu", "batch_size": 7}
+        r = CliRunner().invoke(main, ["--config", str(p), "echo-defaults", "--batch-size", "3"])
+        assert seen["batch_size"] == 3
+        monkeypatch.chdir(tmp_path)  # ./tagloop.toml is found without --config
+        r = CliRunner().invoke(main, ["echo-defaults"])
+        assert seen == {"device": "cpu", "batch_size": 7}
+    finally:
+        main.commands.pop("echo-defaults")
+
+
+def test_version():
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "tagloop" in r.output
