@@ -45,9 +45,10 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from .tagger.command import tag_command
+    from .tagger.command import convert_deepdanbooru_command, tag_command
 
     main.add_command(tag_command, "tag")
+    main.add_command(convert_deepdanbooru_command, "convert-deepdanbooru")
 
 
 _register()

@@ -82,6 +82,8 @@ def tagger_options(f: Callable) -> Callable:
         click.option("--max-pixels", type=click.IntRange(min=1), default=None,
                      help="Refuse images with more pixels than this (default 64 million)."),
         click.option("--max-tags", type=click.IntRange(min=0), default=None, help="Keep at most N tags per image (highest scores)."),
+        click.option("--input-size", default=None,
+                     help="DeepDanbooru input side (multiple of 128, or HxW); default 512 or the project.json beside the model."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -91,7 +93,7 @@ def tagger_options(f: Callable) -> Callable:
 TAGGER_OPTION_NAMES = (
     "model", "threshold", "general_threshold", "character_threshold", "mcut", "bands", "device", "dtype",
     "require_gpu", "tensorrt", "backend", "allow_pickle", "dd_preprocess", "tags_file", "a1111_dir",
-    "comfyui_dir", "max_pixels", "max_tags",
+    "comfyui_dir", "max_pixels", "max_tags", "input_size",
 )
 
 
@@ -110,6 +112,7 @@ def build_tagger(**kw: Any):
         allow_pickle=bool(kw.get("allow_pickle")),
         dd_preprocess=kw.get("dd_preprocess") or "a1111",
         tags_file=Path(kw["tags_file"]) if kw.get("tags_file") else None,
+        extra={"input_size": kw["input_size"]} if kw.get("input_size") else {},
     )
     tagger = get_tagger(
         kw.get("model") or "", load,
@@ -281,3 +284,22 @@ def _load_filters(filter_files) -> Callable[[TagResult], TagResult] | None:
     from ..filters import load_blocklist_filter  # written with the filters issue
 
     return load_blocklist_filter([Path(f) for f in filter_files])
+
+
+@click.command("convert-deepdanbooru")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dst", required=False, type=click.Path(dir_okay=False))
+@click.option("--allow-pickle", is_flag=True, default=False, help="Allow a full-pickle source (only for files you trust).")
+@click.option("--tags-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Tag list when the source has none.")
+@user_errors
+def convert_deepdanbooru_command(src, dst, allow_pickle, tags_file):
+    """Convert A1111's DeepDanbooru .pt to .safetensors (tags kept in the file's metadata).
+
+    \b
+    Example:
+      tagloop convert-deepdanbooru models/torch_deepdanbooru/model-resnet_custom_v3.pt
+    """
+    from .deepdanbooru import convert_to_safetensors
+
+    out = convert_to_safetensors(src, dst, allow_pickle=allow_pickle, tags_file=tags_file)
+    click.echo(str(out))

@@ -19,7 +19,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from ..hub import HubError, download_folder, looks_like_repo_id
-from .base import LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger, resolve_device
+from .base import GPUUnavailableError, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger, resolve_device
 
 #: The default ``--model`` (configurable with ``model = ...`` in tagloop.toml).
 DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
@@ -117,6 +117,12 @@ def get_tagger(
         tagger = _CACHE.get(key)
         if tagger is None:
             tagger = load_tagger(path, options, backend=backend)
+            if options.require_gpu and not str(tagger.device).startswith("cuda"):
+                tagger.close()
+                raise GPUUnavailableError(
+                    f"--require-gpu: the tagger runs on {tagger.device}, not on a CUDA GPU "
+                    "(torch sees no GPU, or the model's runtime cannot use it)."
+                )
             _CACHE[key] = tagger
         return tagger
 

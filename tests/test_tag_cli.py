@@ -1,0 +1,173 @@
+"""`tagloop tag` end to end with tiny real models: JSON contract, sidecars, bad files, exit codes, hub."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hubserver import HubServer, files_from_folder
+from tagloop.cli import main
+from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dd_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dd")
+    path, tags = save_tiny_deepdanbooru(folder / "model-resnet_custom_v3.pt", num_tags=24, seed=1)
+    return path, tags
+
+
+def picture(path: Path, seed: int = 0, size=(96, 64), mode="RGB"):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path)
+    return path
+
+
+def run(*args, **kw):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+def test_json_contract_and_threshold_zero(tmp_path, dd_model):
+    model, tags = dd_model
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", model, "--format", "json", "--threshold", "0")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert set(data) >= {"path", "threshold", "edge_density", "complexity", "tags", "rating"}
+    assert data["threshold"] == 0.0 and 0.0 <= data["edge_density"] <= 1.0
+    assert data["complexity"] in ("simple", "medium", "complex")
+    names = [t["name"] for t in data["tags"]]
+    assert len(names) == len([t for t in tags if not t.startswith("rating:")])
+    scores = [t["score"] for t in data["tags"]]
+    assert scores == sorted(scores, reverse=True)
+    assert set(data["rating"]) == {t.removeprefix("rating:") for t in tags if t.startswith("rating:")}
+
+
+def test_auto_threshold_is_the_band_threshold(tmp_path, dd_model):
+    model, _ = dd_model
+    img = picture(tmp_path / "noise.png")  # random noise: many edges -> complex
+    r = run("tag", img, "--model", model, "--format", "json")
+    data = json.loads(r.stdout)
+    assert data["complexity"] == "complex" and data["threshold"] == 0.38
+    assert all(t["score"] >= 0.38 for t in data["tags"])
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (200, 180, 190)).save(flat)
+    data = json.loads(run("tag", flat, "--model", model, "--format", "json").stdout)
+    assert data["complexity"] == "simple" and data["threshold"] == 0.55 and data["edge_density"] == 0.0
+
+
+def test_text_output_a1111_style(tmp_path, dd_model):
+    model, _ = dd_model
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", model, "--threshold", "0", "--scores")
+    line = r.stdout.strip()
+    assert line.startswith("(") and ":" in line and "_" not in line.split(":")[0]
+    r = run("tag", img, "--model", model, "--threshold", "0", "--underscores")
+    assert "long_hair" in r.stdout
+
+
+def test_bad_files_are_named_and_the_rest_tagged(tmp_path, dd_model):
+    model, _ = dd_model
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    picture(folder / "good.JPG")  # upper-case extension counts
+    picture(folder / "cmyk.jpg", mode="CMYK")
+    picture(folder / "one.png", size=(1, 1))
+    picture(folder / "wide.png", size=(2000, 3))
+    picture(folder / "日本語.png", seed=3)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("hello", encoding="utf-8")
+    data = (folder / "good.JPG").read_bytes()
+    (folder / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    r = run("tag", folder, "--model", model, "--format", "jsonl", "-q")
+    assert r.exit_code == 1
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert {Path(d["path"]).name for d in lines} == {"good.JPG", "cmyk.jpg", "one.png", "wide.png", "日本語.png"}
+    for bad in ("empty.png", "text.png", "trunc.jpg"):
+        assert bad in r.stderr
+
+
+def test_sidecar_utf8_and_skip_existing(tmp_path, dd_model):
+    model, _ = dd_model
+    img = picture(tmp_path / "キャラ.png")
+    r = run("tag", img, "--model", model, "--sidecar", "--threshold", "0.0")
+    assert r.exit_code == 0
+    cap = (tmp_path / "キャラ.txt").read_text(encoding="utf-8")
+    assert cap.endswith("\n") and ", " in cap and "rating" not in cap
+    (tmp_path / "キャラ.txt").write_text("kept", encoding="utf-8")
+    r = run("tag", img, "--model", model, "--sidecar", "--skip-existing")
+    assert (tmp_path / "キャラ.txt").read_text(encoding="utf-8") == "kept"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_wrong_model_files_exit_2(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    ckpt = tmp_path / "sd15.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(ckpt))
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", ckpt)
+    assert r.exit_code == 2 and "Stable Diffusion checkpoint" in r.output
+    r = run("tag", img, "--model", img)
+    assert r.exit_code == 2 and "PNG image" in r.output
+
+
+def test_deepdanbooru_from_a1111_dir(tmp_path, dd_model):
+    model, _ = dd_model
+    a1111 = tmp_path / "webui"
+    target = a1111 / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(Path(model).read_bytes())
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", "deepdanbooru", "--a1111-dir", a1111)
+    assert r.exit_code == 0, r.output
+    r = run("tag", img, "--model", "deepdanbooru", "--a1111-dir", tmp_path / "nowhere")
+    assert r.exit_code == 2 and "model-resnet_custom_v3.pt" in r.output
+    cfg = tmp_path / "tagloop.toml"
+    cfg.write_text(f'a1111_dir = "{a1111.as_posix()}"\n[tag]\nmodel = "deepdanbooru"\nthreshold = 0.0\n', encoding="utf-8")
+    r = run("--config", cfg, "tag", img, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["threshold"] == 0.0
+
+
+def test_hub_id_offline_is_one_sentence(tmp_path):
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", "SmilingWolf/wd-swinv2-tagger-v3", "--device", "cpu")
+    assert r.exit_code == 2
+    assert "model.onnx" in r.output and "wd-swinv2-tagger-v3" in r.output
+
+
+def test_hub_download_from_loopback_server(tmp_path):
+    """The real download path (huggingface_hub, its cache) against a hub stand-in on 127.0.0.1."""
+    from tagloop.tagger.onnx_tagger import save_tiny_wd14_onnx
+
+    src = tmp_path / "src"
+    save_tiny_wd14_onnx(src, size=64)
+    repo = "someone/tiny-wd-tagger"
+    img = picture(tmp_path / "a.png")
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    with HubServer(files_from_folder(repo, src)) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        cmd = [sys.executable, "-m", "tagloop.cli", "tag", str(img), "--model", repo, "--device", "cpu", "--format", "json"]
+        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["tags"] is not None
+        assert hub.gets.get("model.onnx") == 1
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        assert hub.gets.get("model.onnx") == 1  # served from the cache the second time
+    assert list((tmp_path / "hf").rglob("model.onnx"))
