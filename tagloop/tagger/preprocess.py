@@ -154,11 +154,12 @@ def deepdanbooru_kdd(img: Image.Image, width: int = 512, height: int = 512) -> n
 
 def wd14(img: Image.Image, size: int = 448) -> np.ndarray:
     """SmilingWolf's WD14 input: alpha on white, white square pad, bicubic to ``size``, BGR uint8."""
-    if img.mode != "RGBA":
-        img = img.convert("RGBA")
-    canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    canvas.alpha_composite(img)
-    rgb = canvas.convert("RGB")
+    if has_alpha(img):
+        canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        canvas.alpha_composite(img.convert("RGBA"))
+        rgb = canvas.convert("RGB")
+    else:  # compositing an opaque image on white changes nothing: skip the work
+        rgb = img.convert("RGB")
     side = max(rgb.size)
     padded = Image.new("RGB", (side, side), (255, 255, 255))
     padded.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
