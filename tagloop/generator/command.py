@@ -1,0 +1,177 @@
+"""``tagloop generate``: prompts to PNGs with A1111 infotext, from the models users already have."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .models import GeneratorError
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    text = str(value).lower().replace("*", "x").replace(" ", "")
+    try:
+        w, h = (int(v) for v in text.split("x")) if "x" in text else (int(text), int(text))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 512x768, not {value!r}") from None
+    return w, h
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT",)
+
+
+@click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "-m", default=None, help="Checkpoint file, diffusers folder, name in your A1111/ComfyUI folders, or hub id.")
+@click.option("--prompt", "-p", default=None, help="Positive prompt (A1111 syntax: (tag:1.2), [tag], BREAK, <lora:NAME:W>).")
+@click.option("--negative", "-n", default="", help="Negative prompt.")
+@click.option("--prompt-file", type=click.Path(dir_okay=False), default=None, help="Text file, one prompt a line (all batched together).")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False), default=None,
+              help="Output of `tagloop prompt --format json` (fields positive/negative or prompt/negative_prompt).")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="outputs", show_default=True, help="Output folder (00000-SEED.png, counter continues).")
+@click.option("--sampler", default=None, help="A1111 sampler name (default per family: SD1.5 'DPM++ 2M Karras', SDXL 'Euler a', SD3 'Euler').")
+@click.option("--schedule-type", default=None, help="A1111 1.9+ schedule type: Automatic, Karras, Exponential, ...")
+@click.option("--steps", type=int, default=None, help="Sampling steps (default per family: 20 SD1.5, 30 SDXL/SD3).")
+@click.option("--cfg", type=float, default=None, help="CFG scale (default 7).")
+@click.option("--seed", type=int, default=-1, show_default=True, help="Seed; -1 picks a random one (recorded in the PNG). Image k gets seed+k.")
+@click.option("--size", callback=_size, default=None, help="WIDTHxHEIGHT, multiples of 8 (default per family: 512x512 SD1.5, 1024x1024 SDXL/SD3).")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Images per prompt per batch (A1111 batch size).")
+@click.option("--batch-count", type=int, default=1, show_default=True, help="Batches per prompt (A1111 batch count).")
+@click.option("--max-batch", type=int, default=4, show_default=True, help="Images per forward pass when packing several prompts/batches together.")
+@click.option("--clip-skip", type=int, default=1, show_default=True, help="A1111 clip skip: 1 = last layer, 2 = penultimate (anime models).")
+@click.option("--vae", default=None, help="VAE file or folder (or a name in models/VAE).")
+@click.option("--lora-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of LoRA files for <lora:NAME:WEIGHT> (repeatable).")
+@click.option("--embeddings-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of textual-inversion embeddings (used by file name).")
+@click.option("--init-image", type=click.Path(dir_okay=False), default=None, help="img2img source image.")
+@click.option("--denoise", type=float, default=0.75, show_default=True, help="img2img denoising strength.")
+@click.option("--hires-scale", type=float, default=None, help="Hires fix: upscale factor of a second pass (e.g. 1.3).")
+@click.option("--hires-steps", type=int, default=0, show_default=True, help="Hires fix steps (0 = same as --steps).")
+@click.option("--hires-denoise", type=float, default=0.5, show_default=True, help="Hires fix denoising strength.")
+@click.option("--hires-upscaler", type=click.Choice(["latent", "lanczos"]), default="latent", show_default=True, help="Hires fix upscale: latent (bilinear) or image (Lanczos).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16", "fp8"]), default="auto", show_default=True,
+              help="auto: fp32 on CPU, fp16 (SD1/SDXL) or bf16 (SD3) on CUDA, fp8 storage for FP8 checkpoints.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--offload", type=click.Choice(["none", "model", "sequential"]), default="none", show_default=True, help="CPU offload for small GPUs.")
+@click.option("--vae-tiling", is_flag=True, help="Decode in tiles (large images on small GPUs).")
+@click.option("--attention-slicing", is_flag=True, help="Slice attention to save memory (slower).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet/transformer (first image slow, later faster).")
+@click.option("--a1111-dir", type=click.Path(file_okay=False), default=None, help="Your stable-diffusion-webui folder (models/Stable-diffusion, models/VAE, models/Lora, embeddings).")
+@click.option("--comfyui-dir", type=click.Path(file_okay=False), default=None, help="Your ComfyUI folder (models/checkpoints, models/vae, models/loras, models/embeddings).")
+@click.option("--config-dir", "config_dir", type=click.Path(file_okay=False), default=None,
+              help="Local diffusers folder whose configs a single-file checkpoint uses (default: the packaged ones).")
+@click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.pt checkpoints (pickle files can run code).")
+@click.option("--list-samplers", is_flag=True, help="Print the A1111 sampler names and exit.")
+@click.option("--infotext", default=None, help="Re-create an image: a PNG with A1111 parameters, or a text file with an infotext.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per image (path, seed, infotext) on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def generate_command(ctx: click.Context, **opts) -> None:
+    """Generate images with Stable Diffusion (SD1.x/2.x, SDXL, SD3.x) as AUTOMATIC1111 does.
+
+    Writes OUT/00000-SEED.png files carrying A1111's `parameters` text (PNG Info reads it back).
+
+    \b
+    Examples:
+      tagloop generate --model models/Stable-diffusion/anything-v5.safetensors \\
+          --prompt "masterpiece, 1girl, (silver hair:1.2) <lora:style:0.8>" --lora-dir models/Lora \\
+          --negative "lowres, bad anatomy" --seed 42 --batch-size 2 --clip-skip 2
+      tagloop generate --model sdxl.safetensors --from-json prompts.json --size 1024x1024
+      tagloop generate --model m.safetensors --infotext 00012-2607380765.png
+    """
+    from .generate import GenerationSettings, Generator, read_prompt_file, read_prompt_json, settings_from_infotext
+
+    if opts["list_samplers"]:
+        from .samplers import list_samplers
+
+        for name in list_samplers():
+            click.echo(name)
+        return
+    if not opts["model"]:
+        _fail("`--model` is required: a checkpoint file, a diffusers folder, a name in your A1111/ComfyUI folders or a hub id.")
+    sources = [k for k in ("prompt", "prompt_file", "from_json") if opts[k] is not None]
+    if len(sources) > 1:
+        _fail("give only one of --prompt, --prompt-file and --from-json.")
+    try:
+        size = opts["size"]
+        settings = GenerationSettings(
+            prompt=opts["prompt"] or "",
+            negative_prompt=opts["negative"] or "",
+            sampler=opts["sampler"],
+            schedule_type=opts["schedule_type"],
+            steps=opts["steps"],
+            cfg_scale=opts["cfg"],
+            seed=opts["seed"],
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+            batch_size=opts["batch_size"],
+            batch_count=opts["batch_count"],
+            max_batch=opts["max_batch"],
+            clip_skip=opts["clip_skip"],
+            init_image=opts["init_image"],
+            denoising_strength=opts["denoise"],
+            hires_scale=opts["hires_scale"],
+            hires_steps=opts["hires_steps"],
+            hires_denoise=opts["hires_denoise"],
+            hires_upscaler=opts["hires_upscaler"],
+            out_dir=Path(opts["out_dir"]),
+        )
+        if opts["infotext"]:
+            from dataclasses import replace
+
+            from_info = settings_from_infotext(opts["infotext"])
+            overrides = {}
+            for opt, field in (("prompt", "prompt"), ("negative", "negative_prompt"), ("sampler", "sampler"),
+                               ("schedule_type", "schedule_type"), ("steps", "steps"), ("cfg", "cfg_scale"),
+                               ("seed", "seed"), ("clip_skip", "clip_skip")):
+                if _explicit(ctx, opt):
+                    overrides[field] = getattr(settings, field)
+            if size:
+                overrides.update(width=size[0], height=size[1])
+            for field in ("batch_size", "batch_count", "max_batch", "init_image", "denoising_strength", "out_dir"):
+                overrides[field] = getattr(settings, field)
+            settings = replace(from_info, **overrides)
+        if opts["prompt_file"]:
+            settings.prompts = read_prompt_file(opts["prompt_file"], opts["negative"] or "")
+        elif opts["from_json"]:
+            settings.prompts = read_prompt_json(opts["from_json"], opts["negative"] or "")
+        if opts["init_image"] and not Path(opts["init_image"]).is_file():
+            _fail(f"`--init-image` {opts['init_image']} does not exist.")
+        gen = Generator(
+            opts["model"],
+            vae=opts["vae"],
+            lora_dirs=opts["lora_dir"],
+            embeddings_dirs=opts["embeddings_dir"],
+            a1111_dir=opts["a1111_dir"],
+            comfyui_dir=opts["comfyui_dir"],
+            device=opts["device"],
+            dtype=opts["dtype"],
+            offload=opts["offload"],
+            vae_tiling=opts["vae_tiling"],
+            attention_slicing=opts["attention_slicing"],
+            compile=opts["compile_"],
+            allow_pickle=opts["allow_pickle"],
+            config=opts["config_dir"],
+            progress=not opts["quiet"],
+            notice=lambda m: click.echo(m, err=True),
+        )
+        gen.prepare(settings)  # every check before the model loads
+        images = gen.generate(settings)
+    except GeneratorError as e:
+        _fail(str(e))
+    for im in images:
+        if opts["fmt"] == "json":
+            click.echo(json.dumps({"path": str(im.path) if im.path else None, "seed": im.seed, "infotext": im.infotext}, ensure_ascii=False))
+        else:
+            click.echo(str(im.path))

@@ -1,0 +1,709 @@
+"""Prompts to PNGs, as AUTOMATIC1111 makes them: seeds, batches, img2img, hires fix, infotext.
+
+:class:`Generator` holds one model (loaded on first use, cached per process) and turns
+:class:`GenerationSettings` into :class:`GeneratedImage` values, written as ``00000-SEED.png`` with the
+A1111 ``parameters`` text when an output folder is given.
+
+Seeds follow A1111: ``-1`` draws a random seed and records it; image ``k`` of a prompt gets
+``seed + k`` from its own ``torch.Generator`` (on the GPU when generating there, as A1111's default
+"GPU" RNG), so an image does not depend on which batch it landed in. Several prompts (and several
+images of one prompt) are packed into forwards of up to ``max_batch`` images instead of one pipeline
+call per prompt; each prompt restarts at the base seed, as A1111's "prompts from file" does.
+
+Prompts for SD1/SD2/SDXL are encoded here with A1111 semantics (weights, ``BREAK``, 75-token chunks,
+clip skip) by :mod:`tagloop.generator.encode` and passed to diffusers as embeddings; SD3 gets the
+plain text. Everything is validated before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from .models import (
+    GeneratorError,
+    LoadedModel,
+    LoadOptions,
+    LoraUse,
+    ModelNotFoundError,
+    ModelSource,
+    apply_loras,
+    expand_embeddings,
+    find_embeddings,
+    find_lora,
+    load_embeddings,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    resolve_vae,
+    search_dirs,
+    set_memory_options,
+    short_file_hash,
+)
+
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What A1111 users of a family start from (../shared SEEDS: seed 000/001/002)."""
+
+    sampler: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+
+
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    "sd1": FamilyDefaults("DPM++ 2M Karras", 20, 7.0, 512, 512),
+    "sd2": FamilyDefaults("DPM++ 2M Karras", 20, 7.0, 768, 768),
+    "sdxl": FamilyDefaults("Euler a", 30, 7.0, 1024, 1024),
+    "sd3": FamilyDefaults("Euler", 30, 7.0, 1024, 1024),
+}
+
+
+class SettingsError(GeneratorError):
+    """A generation setting is out of range or unknown."""
+
+
+@dataclass
+class GenerationSettings:
+    """One generation request. ``None`` fields take the model family's defaults.
+
+    prompt/negative_prompt: one prompt; ``prompts`` (pairs of positive, negative) replaces them when
+    given. Images per prompt = ``batch_size * batch_count`` with seeds ``seed + k``; forwards hold up
+    to ``max(batch_size, max_batch)`` images across prompts. ``init_image`` makes it img2img with
+    ``denoising_strength``; ``hires_scale`` > 1 adds A1111's hires-fix second pass (text-to-image).
+    ``version``: the A1111 version an infotext came from (pre-1.9 sampler names differ).
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    prompts: list[tuple[str, str]] = field(default_factory=list)
+    sampler: str | None = None
+    schedule_type: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int = -1
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    batch_count: int = 1
+    max_batch: int = 4
+    clip_skip: int = 1
+    emphasis: str = "Original"
+    init_image: Any = None
+    denoising_strength: float = 0.75
+    hires_scale: float | None = None
+    hires_steps: int = 0
+    hires_denoise: float = 0.5
+    hires_upscaler: Literal["latent", "lanczos"] = "latent"
+    out_dir: Path | None = None
+    version: str | None = None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (positive, negative) prompt pairs this request generates."""
+        return list(self.prompts) if self.prompts else [(self.prompt, self.negative_prompt)]
+
+    @property
+    def hires(self) -> bool:
+        return self.hires_scale is not None and self.hires_scale > 1.0
+
+
+@dataclass
+class GeneratedImage:
+    """One generated image: where it was written (None without ``out_dir``), its seed and infotext."""
+
+    path: Path | None
+    seed: int
+    infotext: str
+    image: Any
+    prompt: str = ""
+    negative_prompt: str = ""
+
+
+def _err(msg: str) -> SettingsError:
+    return SettingsError(msg)
+
+
+def check_settings(settings: GenerationSettings, family: str | None = None) -> None:
+    """Validate every setting before any model is loaded (diffusers ``check_inputs`` style).
+
+    Raises :class:`SettingsError` with one sentence naming the option and the bad value.
+    """
+    from .samplers import resolve_sampler
+
+    s = settings
+    if s.steps is not None and (not isinstance(s.steps, int) or s.steps < 1):
+        raise _err(f"`--steps` must be a whole number of at least 1, not {s.steps!r}.")
+    if s.cfg_scale is not None and s.cfg_scale < 0:
+        raise _err(f"`--cfg` must be 0 or more, not {s.cfg_scale!r}.")
+    for what, v in (("width", s.width), ("height", s.height)):
+        if v is not None and (not isinstance(v, int) or v < 64 or v % 8):
+            raise _err(f"`--size` {what} must be a multiple of 8 and at least 64, not {v!r}.")
+    if s.batch_size < 1:
+        raise _err(f"`--batch-size` must be at least 1, not {s.batch_size!r}.")
+    if s.batch_count < 1:
+        raise _err(f"`--batch-count` must be at least 1, not {s.batch_count!r}.")
+    if s.max_batch < 1:
+        raise _err(f"`--max-batch` must be at least 1, not {s.max_batch!r}.")
+    if not 1 <= s.clip_skip <= 12:
+        raise _err(f"`--clip-skip` must be between 1 and 12 (A1111: 1 = last layer, 2 = penultimate), not {s.clip_skip!r}.")
+    if s.emphasis not in EMPHASIS_MODES:
+        raise _err(f"`emphasis` must be one of {', '.join(EMPHASIS_MODES)}, not {s.emphasis!r}.")
+    if not isinstance(s.seed, int) or s.seed < -1 or s.seed > MAX_SEED:
+        raise _err(f"`--seed` must be -1 (random) or between 0 and {MAX_SEED}, not {s.seed!r}.")
+    if s.init_image is not None and not 0.0 < s.denoising_strength <= 1.0:
+        raise _err(f"`--denoise` must be above 0 and at most 1, not {s.denoising_strength!r}.")
+    if s.hires_scale is not None:
+        if s.hires_scale < 1.0 or s.hires_scale > 4.0:
+            raise _err(f"`--hires-scale` must be between 1 and 4, not {s.hires_scale!r}.")
+        if s.hires and s.init_image is not None:
+            raise _err("`--hires-scale` is a text-to-image second pass; drop it with `--init-image` (use a larger --size instead).")
+        if not 0.0 < s.hires_denoise <= 1.0:
+            raise _err(f"`--hires-denoise` must be above 0 and at most 1, not {s.hires_denoise!r}.")
+        if s.hires_steps < 0:
+            raise _err(f"`--hires-steps` must be 0 (same as --steps) or more, not {s.hires_steps!r}.")
+    if s.hires_upscaler not in ("latent", "lanczos"):
+        raise _err(f"`--hires-upscaler` must be latent or lanczos, not {s.hires_upscaler!r}.")
+    if s.sampler is not None:
+        try:
+            resolve_sampler(s.sampler, s.schedule_type, version=s.version)
+        except ValueError as e:
+            raise _err(str(e)) from None
+    if family is not None and family not in FAMILY_DEFAULTS:
+        raise _err(f"unknown model family {family!r}.")
+    for pos, neg in s.pairs():
+        if not isinstance(pos, str) or not isinstance(neg, str):
+            raise _err("prompts must be text.")
+
+
+def with_family_defaults(settings: GenerationSettings, family: str, init_size: tuple[int, int] | None = None) -> GenerationSettings:
+    """``settings`` with every ``None`` filled from the family defaults (img2img: the init image's size)."""
+    d = FAMILY_DEFAULTS[family]
+    width, height = settings.width, settings.height
+    if width is None and height is None and init_size is not None:
+        width, height = (max(64, init_size[0] // 8 * 8), max(64, init_size[1] // 8 * 8))
+    return replace(
+        settings,
+        sampler=settings.sampler or d.sampler,
+        steps=settings.steps or d.steps,
+        cfg_scale=d.cfg_scale if settings.cfg_scale is None else settings.cfg_scale,
+        width=width or d.width,
+        height=height or d.height,
+    )
+
+
+# --- prompt files --------------------------------------------------------------------------------
+
+
+def read_prompt_file(path: str | Path, negative: str = "") -> list[tuple[str, str]]:
+    """One prompt per non-empty line (``#`` lines skipped); every line gets ``negative``."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise SettingsError(f"`--prompt-file` {path} cannot be read ({e.strerror or e}).") from None
+    out = [(ln.strip(), negative) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not out:
+        raise SettingsError(f"`--prompt-file` {path} holds no prompt (one prompt a line).")
+    return out
+
+
+def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, str]]:
+    """Prompts from ``tagloop prompt --format json`` output: an object, a list, or JSON lines.
+
+    Each object gives ``positive``/``negative`` (tagloop) or ``prompt``/``negative_prompt`` (A1111 API);
+    ``negative`` is used where an object has none.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SettingsError(f"`--from-json` {path} cannot be read ({e.strerror or e}).") from None
+    try:
+        data = json.loads(text)
+        items = data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        try:
+            items = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+        except json.JSONDecodeError as e:
+            raise SettingsError(f"`--from-json` {path} is neither JSON nor JSON lines ({e.msg}, line {e.lineno}).") from None
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("prompts"), list):
+            out += [(p.get("positive", p.get("prompt", "")), p.get("negative", p.get("negative_prompt", negative))) for p in item["prompts"]]
+            continue
+        if not isinstance(item, dict) or not ({"positive", "prompt"} & item.keys()):
+            raise SettingsError(f"`--from-json` {path}: item {i} has no \"positive\" or \"prompt\" field.")
+        pos = item.get("positive", item.get("prompt"))
+        neg = item.get("negative", item.get("negative_prompt"))
+        out.append((str(pos), negative if neg is None else str(neg)))
+    if not out:
+        raise SettingsError(f"`--from-json` {path} holds no prompt.")
+    return out
+
+
+def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
+    """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
+    from .infotext import parse_infotext, read_image_metadata
+    from .samplers import sampler_from_infotext
+
+    text: str | None = None
+    p = Path(str(source)) if len(str(source)) < 4096 else None
+    if p is not None and p.is_file():
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif"):
+            meta = read_image_metadata(p)
+            text = meta.infotext
+            if not text:
+                raise SettingsError(f"{p.name} carries no A1111 generation parameters (no `parameters` text).")
+        else:
+            text = p.read_text(encoding="utf-8")
+    else:
+        text = str(source)
+    params = parse_infotext(text)
+    s = base or GenerationSettings()
+
+    def num(key: str, kind):
+        v = params.get(key)
+        if v is None or v == "":
+            return None
+        try:
+            return kind(float(v)) if kind is int else kind(v)
+        except (TypeError, ValueError):
+            raise SettingsError(f"infotext value {key}: {v!r} is not a number.") from None
+
+    try:
+        sampler, schedule = sampler_from_infotext(params)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    hires = num("Hires upscale", float)
+    upscaler = str(params.get("Hires upscaler") or "Latent").lower()
+    return replace(
+        s,
+        prompt=str(params.get("Prompt", "")),
+        negative_prompt=str(params.get("Negative prompt", "")),
+        prompts=[],
+        sampler=sampler,
+        schedule_type=schedule,
+        steps=num("Steps", int) or s.steps,
+        cfg_scale=num("CFG scale", float) if params.get("CFG scale") is not None else s.cfg_scale,
+        seed=num("Seed", int) if params.get("Seed") is not None else s.seed,
+        width=num("Size-1", int) or s.width,
+        height=num("Size-2", int) or s.height,
+        clip_skip=num("Clip skip", int) or 1,
+        hires_scale=hires,
+        hires_steps=num("Hires steps", int) or 0,
+        hires_denoise=num("Denoising strength", float) or 0.5 if hires else s.hires_denoise,
+        hires_upscaler="lanczos" if upscaler.startswith("lanczos") else "latent",
+        emphasis=str(params.get("Emphasis") or "Original"),
+        version=None if params.get("Version") is None else str(params.get("Version")),
+    )
+
+
+# --- the generator -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    index: int  # order of the image in the request
+    pair: int  # which prompt pair
+    positive: str
+    negative: str
+    clean_positive: str
+    clean_negative: str
+    seed: int
+    loras: tuple[LoraUse, ...]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _plain_text(text: str) -> str:
+    """Prompt text without A1111 emphasis syntax (for SD3, whose own encoders read plain text)."""
+    from .prompt_parser import is_break, parse_prompt_attention
+
+    return "".join(t for t, w in parse_prompt_attention(text) if not is_break((t, w))).strip() if text.strip() else ""
+
+
+class Generator:
+    """One Stable Diffusion model, loaded once, generating A1111-compatible images.
+
+    ``model`` is a checkpoint file, a diffusers folder, a name in ``a1111_dir``/``comfyui_dir``, or a hub
+    id. It is resolved (and recognised) at construction; weights load on the first :meth:`generate`.
+
+    Example::
+
+        gen = Generator("models/Stable-diffusion/anything-v5.safetensors", lora_dirs=["models/Lora"])
+        images = gen.generate(GenerationSettings(prompt="1girl, (silver hair:1.2)", seed=42, out_dir=Path("out")))
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        vae: str | Path | None = None,
+        lora_dirs: Iterable[str | Path] = (),
+        embeddings_dirs: Iterable[str | Path] = (),
+        a1111_dir: str | Path | None = None,
+        comfyui_dir: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        offload: Literal["none", "model", "sequential"] = "none",
+        vae_tiling: bool = False,
+        attention_slicing: bool = False,
+        compile: bool = False,
+        allow_pickle: bool = False,
+        config: str | Path | None = None,
+        progress: bool = True,
+        notice: Callable[[str], None] = _stderr,
+    ) -> None:
+        if offload not in ("none", "model", "sequential"):
+            raise SettingsError(f"`--offload` must be none, model or sequential, not {offload!r}.")
+        self.notice = notice
+        self.progress = progress
+        self.source: ModelSource = resolve_model(model, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, allow_pickle=allow_pickle)
+        self.device = resolve_device(device)
+        compute, storage = resolve_dtype(dtype, self.device, self.source)
+        vae_path = resolve_vae(vae, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, allow_pickle=allow_pickle) if vae else None
+        cfg = Path(config).expanduser() if config else None
+        if cfg is not None and not (cfg / "model_index.json").is_file():
+            raise GeneratorError(f"config folder {cfg} has no model_index.json; give a local diffusers folder of the same family.")
+        self.options = LoadOptions(
+            device=self.device, compute_dtype=compute, storage_dtype=storage, vae=vae_path, config=cfg,
+            offload=offload, compile=compile, allow_pickle=allow_pickle,
+        )
+        self.vae_tiling = vae_tiling
+        self.attention_slicing = attention_slicing
+        self.lora_dirs = search_dirs("lora", lora_dirs, a1111_dir, comfyui_dir)
+        self.embedding_dirs = search_dirs("embedding", embeddings_dirs, a1111_dir, comfyui_dir)
+        self._loaded: LoadedModel | None = None
+        self._said: set[str] = set()
+        self._hashes: dict[Path, str] = {}
+
+    @property
+    def family(self) -> str:
+        return self.source.family
+
+    def _say(self, msg: str | None) -> None:
+        if msg and msg not in self._said:
+            self._said.add(msg)
+            self.notice(msg)
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def prepare(self, settings: GenerationSettings) -> tuple[GenerationSettings, list[_Job], Any]:
+        """Validate ``settings`` against this model and plan the images; loads no weights."""
+        from .prompt_parser import extract_extra_networks
+
+        check_settings(settings, self.family)
+        init = None
+        if settings.init_image is not None:
+            init = _load_init_image(settings.init_image)
+        s = with_family_defaults(settings, self.family, init.size if init is not None else None)
+        base_seed = s.seed if s.seed != -1 else random.randint(0, MAX_SEED)
+        per_prompt = s.batch_size * s.batch_count
+        jobs: list[_Job] = []
+        lora_cache: dict[str, Path] = {}
+        for pi, (pos, neg) in enumerate(s.pairs()):
+            clean_pos, nets = extract_extra_networks(pos)
+            clean_neg, neg_nets = extract_extra_networks(neg)
+            if neg_nets:
+                self._say("extra networks in the negative prompt are ignored (A1111 applies them from the positive prompt).")
+            uses: list[LoraUse] = []
+            for net in nets:
+                if net.kind not in ("lora", "lyco"):
+                    self._say(f"<{net.kind}:{net.name}> is not supported by tagloop and is ignored.")
+                    continue
+                path = lora_cache.get(net.name) or find_lora(net.name, self.lora_dirs)
+                if path is None:
+                    where = ", ".join(str(d) for d in self.lora_dirs) or "no LoRA folder (pass --lora-dir)"
+                    raise ModelNotFoundError(
+                        f"LoRA {net.name!r} named in the prompt is not in {where}; add {net.name}.safetensors there or remove the <lora:{net.name}:...> tag."
+                    )
+                lora_cache[net.name] = path
+                uses.append(LoraUse(path, net.name, float(net.te_multiplier), float(net.unet_multiplier)))
+            for k in range(per_prompt):
+                seed = (base_seed + k) % (MAX_SEED + 1)
+                jobs.append(_Job(len(jobs), pi, pos, neg, clean_pos, clean_neg, seed, tuple(uses)))
+        return s, jobs, init
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def load(self) -> LoadedModel:
+        """Load the pipeline now (it is cached per process)."""
+        if self._loaded is None:
+            self._loaded = load_model(self.source, self.options, progress=self.progress)
+            for n in self._loaded.notices:
+                self._say(n)
+        set_memory_options(self._loaded, vae_tiling=self.vae_tiling, attention_slicing=self.attention_slicing)
+        return self._loaded
+
+    def generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
+        """Generate every image of ``settings``; PNGs are written to ``settings.out_dir`` when set."""
+        from tqdm.auto import tqdm
+
+        s, jobs, init = self.prepare(settings)
+        loaded = self.load()
+        texts = [j.clean_positive for j in jobs] + [j.clean_negative for j in jobs]
+        if self.family != "sd3":
+            load_embeddings(loaded, find_embeddings(texts, self.embedding_dirs))
+        groups: dict[tuple, list[_Job]] = {}
+        for j in jobs:
+            groups.setdefault(j.loras, []).append(j)
+        forward = max(s.batch_size, s.max_batch)
+        results: dict[int, GeneratedImage] = {}
+        bar = tqdm(total=len(jobs), desc="images", unit="img", file=sys.stderr, disable=not self.progress)
+        try:
+            with loaded.lock:
+                for loras, group in groups.items():
+                    apply_loras(loaded, loras)
+                    queue = [group[i : i + forward] for i in range(0, len(group), forward)]
+                    while queue:
+                        batch = queue.pop(0)
+                        try:
+                            images = self._run_batch(loaded, s, batch, init)
+                        except Exception as e:  # noqa: BLE001 - only OOM is handled here
+                            if not _is_oom(e):
+                                raise
+                            _empty_cache()
+                            if len(batch) == 1:
+                                raise GeneratorError(
+                                    f"CUDA ran out of memory even with one {s.width}x{s.height} image; use --offload model, "
+                                    "--vae-tiling, a smaller --size or --dtype fp16."
+                                ) from None
+                            half = max(1, len(batch) // 2)
+                            self.notice(f"CUDA ran out of memory with a batch of {len(batch)}; retrying with batches of {half}.")
+                            forward = half
+                            rest = [j for b in [batch] + queue for j in b]
+                            queue = [rest[i : i + forward] for i in range(0, len(rest), forward)]
+                            continue
+                        for job, image in zip(batch, images):
+                            results[job.index] = self._finish(loaded, s, job, image)
+                            bar.update(1)
+        finally:
+            bar.close()
+        return [results[i] for i in sorted(results)]
+
+    def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init) -> list:
+        import torch
+
+        from .samplers import make_scheduler
+
+        pipe = loaded.pipe
+        scheduler, notice = make_scheduler(s.sampler, s.schedule_type, loaded.scheduler_config, self.family, version=s.version)
+        self._say(notice)
+        gen_device = "cuda" if self.device.startswith("cuda") else "cpu"
+        generators = [torch.Generator(device=gen_device).manual_seed(j.seed) for j in batch]
+        cond = self._conditioning(loaded, s, batch)
+        common = dict(guidance_scale=s.cfg_scale, generator=generators, **cond)
+        if self.family == "sd3" and s.clip_skip > 1:
+            common["clip_skip"] = s.clip_skip - 1
+        if init is not None:
+            from PIL import Image
+
+            img2img = loaded.img2img_pipe()
+            img2img.scheduler = scheduler
+            src = init.convert("RGB").resize((s.width, s.height), Image.LANCZOS)
+            out = img2img(image=[src] * len(batch), strength=s.denoising_strength, num_inference_steps=s.steps, **common)
+            return list(out.images)
+        pipe.scheduler = scheduler
+        if not s.hires:
+            out = pipe(width=s.width, height=s.height, num_inference_steps=s.steps, **common)
+            return list(out.images)
+        return self._hires(loaded, s, common, len(batch))
+
+    def _hires(self, loaded: LoadedModel, s: GenerationSettings, common: dict, n: int) -> list:
+        """A1111 hires fix: first pass, upscale (latent bilinear or Lanczos), img2img second pass."""
+        import torch
+        from PIL import Image
+
+        from .samplers import make_scheduler
+
+        w2 = int(s.width * s.hires_scale) // 8 * 8
+        h2 = int(s.height * s.hires_scale) // 8 * 8
+        latent = s.hires_upscaler == "latent"
+        first = loaded.pipe(width=s.width, height=s.height, num_inference_steps=s.steps,
+                            output_type="latent" if latent else "pil", **common)
+        if latent:
+            image = torch.nn.functional.interpolate(first.images, size=(h2 // 8, w2 // 8), mode="bilinear", antialias=False)
+        else:
+            image = [im.resize((w2, h2), Image.LANCZOS) for im in first.images]
+        # A1111 runs exactly `Hires steps` denoising steps of a schedule stretched by 1/denoise.
+        d = min(s.hires_denoise, 0.999)
+        steps = int(s.hires_steps / d) if s.hires_steps else s.steps
+        second_sched, _ = make_scheduler(s.sampler, s.schedule_type, loaded.scheduler_config, self.family, version=s.version)
+        img2img = loaded.img2img_pipe()
+        img2img.scheduler = second_sched
+        out = img2img(image=image, strength=s.hires_denoise, num_inference_steps=steps, **common)
+        return list(out.images)
+
+    def _conditioning(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job]) -> dict:
+        """Prompt embeddings (SD1/SD2/SDXL, A1111 semantics) or plain text (SD3) for one forward."""
+        import torch
+
+        pipe = loaded.pipe
+        if self.family == "sd3":
+            return dict(prompt=[_plain_text(j.clean_positive) for j in batch],
+                        negative_prompt=[_plain_text(j.clean_negative) for j in batch])
+        from .encode import count_chunks, encode_prompt_a1111, encode_prompt_sdxl
+
+        pos = [expand_embeddings(j.clean_positive, loaded.embeddings) for j in batch]
+        neg = [expand_embeddings(j.clean_negative, loaded.embeddings) for j in batch]
+        chunks = max(count_chunks(pipe.tokenizer, t) for t in pos + neg)
+        device = getattr(pipe, "_execution_device", None) or torch.device(self.device)
+        dtype = loaded.denoiser.dtype if self.options.storage_dtype is None else _compute_dtype(self.options)
+        cache: dict[str, Any] = {}
+
+        def enc(text: str):
+            if text not in cache:
+                if self.family == "sdxl":
+                    cache[text] = encode_prompt_sdxl(
+                        [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
+                        clip_skip=s.clip_skip, emphasis=s.emphasis, device=device, dtype=dtype, pad_to_chunks=chunks,
+                    )
+                else:
+                    cache[text] = encode_prompt_a1111(
+                        pipe.tokenizer, pipe.text_encoder, text, clip_skip=s.clip_skip, emphasis=s.emphasis,
+                        device=device, dtype=dtype, pad_to_chunks=chunks,
+                    )
+            return cache[text]
+
+        with torch.no_grad():
+            if self.family == "sdxl":
+                p = [enc(t) for t in pos]
+                n = [enc(t) for t in neg]
+                return dict(
+                    prompt_embeds=torch.cat([e for e, _ in p]), pooled_prompt_embeds=torch.cat([q for _, q in p]),
+                    negative_prompt_embeds=torch.cat([e for e, _ in n]),
+                    negative_pooled_prompt_embeds=torch.cat([q for _, q in n]),
+                )
+            return dict(prompt_embeds=torch.cat([enc(t) for t in pos]), negative_prompt_embeds=torch.cat([enc(t) for t in neg]))
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def _file_hash(self, path: Path, kind: Literal["model", "lora", "ti"]) -> str | None:
+        key = path.resolve()
+        if (key, kind) not in self._hashes:
+            from . import hashes
+
+            try:
+                if kind == "model":
+                    h = hashes.model_hash(path)
+                elif kind == "lora":
+                    h = hashes.lora_short_hash(path)
+                else:
+                    h = short_file_hash(path)
+            except OSError:
+                h = None
+            self._hashes[(key, kind)] = h
+        return self._hashes[(key, kind)]
+
+    def params_for(self, s: GenerationSettings, job: _Job, width: int | None = None, height: int | None = None) -> dict:
+        """The A1111 parameter line of one image, in A1111's key order (None = not written)."""
+        from .. import __version__
+        from .samplers import resolve_sampler
+
+        sampler, schedule = resolve_sampler(s.sampler, s.schedule_type, version=s.version)
+        src = self.source
+        p: dict[str, Any] = {
+            "Steps": s.steps,
+            "Sampler": sampler,
+            "Schedule type": schedule,
+            "CFG scale": _num(s.cfg_scale),
+            "Seed": job.seed,
+            "Size": f"{width or s.width}x{height or s.height}",
+            "Model hash": self._file_hash(src.path, "model") if src.kind == "single_file" else None,
+            "Model": src.name,
+        }
+        if self.options.storage_dtype == "fp8":
+            p["FP8 weight"] = "Enable"
+        vae = self.options.vae
+        if vae is not None:
+            p["VAE hash"] = self._file_hash(vae, "model") if vae.is_file() else None
+            p["VAE"] = vae.name
+        if s.init_image is not None:
+            p["Denoising strength"] = _num(s.denoising_strength)
+        if s.clip_skip > 1:
+            p["Clip skip"] = s.clip_skip
+        if s.hires:
+            p["Denoising strength"] = _num(s.hires_denoise)
+            p["Hires upscale"] = _num(s.hires_scale)
+            if s.hires_steps:
+                p["Hires steps"] = s.hires_steps
+            p["Hires upscaler"] = "Latent" if s.hires_upscaler == "latent" else "Lanczos"
+        if job.loras:
+            p["Lora hashes"] = ", ".join(
+                f"{_clean_name(u.name)}: {self._file_hash(u.path, 'lora')}" for u in job.loras
+            )
+        if self._loaded is not None and self._loaded.embeddings:
+            used = [n for n in self._loaded.embeddings if n in job.clean_positive + "\n" + job.clean_negative]
+            if used:
+                p["TI hashes"] = ", ".join(f"{_clean_name(n)}: {self._file_hash(self._loaded.embeddings[n][0], 'ti')}" for n in used)
+        if s.emphasis != "Original":
+            p["Emphasis"] = s.emphasis
+        p["Version"] = f"tagloop {__version__}"
+        return p
+
+    def _finish(self, loaded: LoadedModel, s: GenerationSettings, job: _Job, image) -> GeneratedImage:
+        from .infotext import build_infotext, next_image_path, save_png
+
+        infotext = build_infotext(job.positive, job.negative, self.params_for(s, job))
+        path = None
+        if s.out_dir is not None:
+            out = Path(s.out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            path = save_png(image, next_image_path(out, job.seed), infotext)
+        return GeneratedImage(path, job.seed, infotext, image, job.positive, job.negative)
+
+
+def _compute_dtype(options: LoadOptions):
+    from .models import torch_dtype
+
+    return torch_dtype(options.compute_dtype)
+
+
+def _num(v: float | None):
+    """A1111 writes 7 for 7.0 and 7.5 for 7.5."""
+    if v is None:
+        return None
+    return int(v) if float(v).is_integer() else v
+
+
+def _clean_name(name: str) -> str:
+    return name.replace(":", "").replace(",", "")
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _load_init_image(source):
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise SettingsError(f"`--init-image` {source} does not exist.") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise SettingsError(f"`--init-image` {source} is not an image Pillow can read ({e}).") from None
