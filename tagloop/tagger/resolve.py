@@ -112,6 +112,10 @@ def get_tagger(
     options = options or LoadOptions()
     device = resolve_device(options.device)
     path = resolve_model_path(spec, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, device=device, backend=backend)
+    if backend is None and path.is_dir():
+        from .wd_timm import prefer_backend
+
+        backend = prefer_backend(path, device)
     key = (str(path.resolve()), backend, repr(astuple(options)))
     with _LOCK:
         tagger = _CACHE.get(key)
