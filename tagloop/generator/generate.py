@@ -252,7 +252,7 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
 def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
     """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
     from .infotext import parse_infotext, read_image_metadata
-    from .samplers import sampler_from_infotext
+    from .samplers import resolve_sampler, sampler_from_infotext
 
     text: str | None = None
     p = Path(str(source)) if len(str(source)) < 4096 else None
@@ -278,8 +278,14 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         except (TypeError, ValueError):
             raise SettingsError(f"infotext value {key}: {v!r} is not a number.") from None
 
+    version = None if params.get("Version") is None else str(params.get("Version"))
+    if version and version.lower().startswith("tagloop"):
+        version = None  # tagloop writes 1.9+ semantics (an explicit Schedule type), not an A1111 version
     try:
-        sampler, schedule = sampler_from_infotext(params)
+        if version is None and params.get("Version") is not None:
+            sampler, schedule = resolve_sampler(str(params.get("Sampler") or "Euler a"), _opt_str(params.get("Schedule type")))
+        else:
+            sampler, schedule = sampler_from_infotext(params)
     except ValueError as e:
         raise SettingsError(str(e)) from None
     hires = num("Hires upscale", float)
@@ -302,8 +308,12 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         hires_denoise=num("Denoising strength", float) or 0.5 if hires else s.hires_denoise,
         hires_upscaler="lanczos" if upscaler.startswith("lanczos") else "latent",
         emphasis=str(params.get("Emphasis") or "Original"),
-        version=None if params.get("Version") is None else str(params.get("Version")),
+        version=version,
     )
+
+
+def _opt_str(v) -> str | None:
+    return None if v is None or v == "" else str(v)
 
 
 # --- the generator -------------------------------------------------------------------------------
