@@ -30,11 +30,13 @@ def info_command(image: Path, output_format: str) -> None:
       tagloop info outputs/00012-2607380765.png
       tagloop info outputs/00012-2607380765.png --format text
     """
+    from PIL import Image
+
     from .infotext import read_image_metadata
 
     try:
         metadata = read_image_metadata(image)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         click.echo(f"{image}: cannot read the image ({error}).", err=True)
         sys.exit(1)
     if output_format == "text":

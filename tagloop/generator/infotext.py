@@ -271,9 +271,7 @@ def decode_user_comment(data: bytes | str) -> str:
         return body.decode("ascii", errors="replace").rstrip("\0")
     if prefix == b"JIS\0\0\0\0\0":
         return body.decode("shift_jis", errors="replace").rstrip("\0")
-    if prefix == b"\0" * 8:
-        body = body
-    else:
+    if prefix != b"\0" * 8:  # no charset prefix at all: plain UTF-8 text
         body = data
     return body.decode("utf-8", errors="ignore").rstrip("\0")
 
