@@ -150,11 +150,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "UniPC", "UniPCMultistepScheduler",
+            # A1111's UniPC: bh1, order 3, time-uniform steps ending at sigma_min (t = 1/N), not at 0;
+            # diffusers' bh1 step to sigma 0 divides by an infinite log-SNR step and gives NaN.
             {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "predict_x0": True,
-             "timestep_spacing": "linspace"},
+             "timestep_spacing": "linspace", "final_sigmas_type": "sigma_min"},
             aliases=("unipc", "uni_pc"), ignores_schedule=True,
             flow_class="UniPCMultistepScheduler",
-            flow_kwargs={"solver_type": "bh1", "solver_order": 3, "lower_order_final": True, **_DPM_FLOW},
+            flow_kwargs={"solver_type": "bh2", "solver_order": 2, **_DPM_FLOW},
         ),
         SamplerSpec("LCM", "LCMScheduler", aliases=("k_lcm", "lcm"), ignores_schedule=True),
     )
