@@ -85,14 +85,7 @@ def test_random_seed_is_recorded(sd1):
 def _sampler_params():
     from tagloop.generator.samplers import list_samplers
 
-    out = []
-    for name in list_samplers():
-        marks = []
-        if name == "UniPC":
-            # make_scheduler's UniPC flags (bh1, order 3, linspace) give NaN latents on the tiny model; reported.
-            marks = [pytest.mark.xfail(reason="UniPC mapping yields NaN on the tiny SD1 model", strict=False)]
-        out.append(pytest.param(name, marks=marks, id=name))
-    return out
+    return list_samplers()
 
 
 def test_sampler_list_has_the_a1111_names():

@@ -542,7 +542,8 @@ class Generator:
         first = loaded.pipe(width=s.width, height=s.height, num_inference_steps=s.steps,
                             output_type="latent" if latent else "pil", **common)
         if latent:
-            image = torch.nn.functional.interpolate(first.images, size=(h2 // 8, w2 // 8), mode="bilinear", antialias=False)
+            f = getattr(loaded.pipe, "vae_scale_factor", 8)
+            image = torch.nn.functional.interpolate(first.images, size=(h2 // f, w2 // f), mode="bilinear", antialias=False)
         else:
             image = [im.resize((w2, h2), Image.LANCZOS) for im in first.images]
         # A1111 runs exactly `Hires steps` denoising steps of a schedule stretched by 1/denoise.

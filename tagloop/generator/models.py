@@ -611,6 +611,8 @@ def _load_uncached(source: ModelSource, options: LoadOptions, progress: bool) ->
         if source.kind == "diffusers":
             if source.family == "sd1" or source.family == "sd2":
                 kwargs.update(safety_checker=None, requires_safety_checker=False)
+            if source.family == "sd3":
+                kwargs.update(_sd3_folder_kwargs(source.path, notices))
             pipe = cls.from_pretrained(str(source.path), local_files_only=True, **kwargs)
         elif source.kind == "hub":
             from ..hub import _offline
@@ -641,6 +643,20 @@ def _load_uncached(source: ModelSource, options: LoadOptions, progress: bool) ->
     _place(loaded, options)
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps")
     return loaded
+
+
+def _sd3_folder_kwargs(folder: Path, notices: list[str]) -> dict:
+    """SD3 diffusers folders saved without T5 (a common memory saving) load with ``text_encoder_3=None``."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    out = {}
+    for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor"):
+        entry = index.get(name)
+        if not entry or entry[0] is None or not (folder / name).is_dir():
+            out[name] = None
+    if "text_encoder_3" in out:
+        notices.append("SD3 runs without its T5 text encoder (the folder has none); prompts use CLIP-L/CLIP-G only.")
+        out["tokenizer_3"] = None
+    return out
 
 
 def _sd3_text_encoder_kwargs(source: ModelSource, config_dir: Path, notices: list[str]) -> dict:
