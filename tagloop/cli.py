@@ -49,6 +49,9 @@ def _register() -> None:
 
     main.add_command(tag_command, "tag")
     main.add_command(convert_deepdanbooru_command, "convert-deepdanbooru")
+    from .generator.info_command import info_command
+
+    main.add_command(info_command, "info")
 
 
 _register()
