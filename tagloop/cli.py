@@ -52,6 +52,9 @@ def _register() -> None:
     from .generator.info_command import info_command
 
     main.add_command(info_command, "info")
+    from .pipeline.demo import demo_command
+
+    main.add_command(demo_command, "demo")
 
 
 _register()

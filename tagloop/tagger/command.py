@@ -150,12 +150,13 @@ def user_errors(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        from ..filters import FilterFileError
         from ..hub import HubError
         from .base import TaggerError
 
         try:
             return f(*args, **kwargs)
-        except (TaggerError, HubError) as e:
+        except (TaggerError, HubError, FilterFileError) as e:
             raise click.UsageError(str(e)) from None
 
     return wrapper
