@@ -49,7 +49,10 @@ def _register() -> None:
 
     main.add_command(tag_command, "tag")
     main.add_command(convert_deepdanbooru_command, "convert-deepdanbooru")
+    from .generator.command import generate_command
     from .generator.info_command import info_command
+
+    main.add_command(generate_command, "generate")
 
     main.add_command(info_command, "info")
     from .pipeline.demo import demo_command
