@@ -102,6 +102,12 @@ def test_chunking_moves_the_tag_after_the_last_comma():
         ("a\\b", [("ab", 1.0)]),
         ("hair ribbon \\(blue\\)", [("hair ribbon (blue)", 1.0)]),
         ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+        ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+         [("a ", 1.0), ("house", 1.573), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55), (", sun, ", 1.1),
+          ("sky", 1.4641), (".", 1.1)]),
+        # A1111 multiplies every entry inside brackets, BREAK's -1 too, so a bracketed BREAK is text
+        ("(a BREAK b)", [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]),
     ],
 )
 def test_parse_prompt_attention_matches_a1111_weights(text, expected):
