@@ -320,3 +320,22 @@ def test_sdxl_clip_skip_and_padding(sdxl) -> None:
     weighted, _ = encode_prompt_sdxl([tok1, tok2], [enc1, enc2], "a (cat:1.4)")
     assert weighted[..., :32].mean().item() == pytest.approx(base[..., :32].mean().item(), rel=1e-4)
     assert not torch.allclose(weighted, base)
+
+
+def test_emphasis_with_break_and_zero_mean_chunk_is_finite():
+    """A chunk whose layer-norm output has mean 0 (weight 1, bias 0) must not turn into NaN."""
+    import tempfile
+
+    import torch
+
+    from tagloop.generator.encode import encode_prompt_a1111
+    from tagloop.generator.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1", 0, tempfile.mkdtemp())
+    for text in ("a (cat:1.2), BREAK dog", "(cat:1.2) BREAK dog"):
+        z = encode_prompt_a1111(pipe.tokenizer, pipe.text_encoder, text)
+        assert z.shape[1] == 154 and torch.isfinite(z).all()
+        plain = encode_prompt_a1111(pipe.tokenizer, pipe.text_encoder, text.replace("(cat:1.2)", "cat"))
+        # the unweighted second chunk is untouched; the weighted first chunk differs
+        assert torch.allclose(z[:, 77:], plain[:, 77:])
+        assert not torch.allclose(z[:, :77], plain[:, :77])

@@ -257,3 +257,13 @@ def test_lists() -> None:
     assert names[0] == "Euler a"
     for label in ("Automatic", "Uniform", "Karras", "Exponential", "Beta", "SGM Uniform", "Simple"):
         assert label in SCHEDULE_TYPES
+
+
+def test_foreign_version_strings_are_not_read_as_old_a1111():
+    from tagloop.generator.samplers import is_pre_schedule_type_version, sampler_from_infotext
+
+    assert not is_pre_schedule_type_version("tagloop 0.1.0")
+    assert is_pre_schedule_type_version("v1.8.0")
+    assert is_pre_schedule_type_version("f0.0.17v1.8.0rc-latest-276-g29be1da7")
+    params = {"Sampler": "DPM++ 2M", "Schedule type": "Automatic", "Version": "tagloop 0.1.0"}
+    assert sampler_from_infotext(params) == ("DPM++ 2M", "Automatic")

@@ -169,6 +169,8 @@ def _num_layers(text_encoder: Any) -> int:
 
 def _apply_emphasis(z: "torch.Tensor", weights: "torch.Tensor", emphasis: str) -> "torch.Tensor":
     """Weight each token row of ``z`` (k, 77, C) by ``weights`` (k, 77), per chunk."""
+    import torch
+
     if emphasis in ("Ignore", "None") or bool((weights == 1.0).all()):
         return z
     original = z.float()
@@ -176,7 +178,12 @@ def _apply_emphasis(z: "torch.Tensor", weights: "torch.Tensor", emphasis: str) -
     if emphasis == "Original":
         original_mean = original.mean(dim=(1, 2), keepdim=True)
         new_mean = weighted.mean(dim=(1, 2), keepdim=True)
-        weighted = weighted * (original_mean / new_mean)
+        # A chunk whose mean is (numerically) zero cannot be rescaled to it: 0/0 would give NaN and
+        # a near-zero divisor a huge factor. Such chunks keep the plain weighted values.
+        scale = weighted.abs().mean(dim=(1, 2), keepdim=True)
+        usable = new_mean.abs() > 1e-6 * scale
+        ratio = torch.where(usable, original_mean / torch.where(usable, new_mean, torch.ones_like(new_mean)), torch.ones_like(new_mean))
+        weighted = weighted * ratio
     return weighted.to(z.dtype)
 
 

@@ -202,6 +202,8 @@ def _schedule_label(text: str) -> str:
 
 def _parse_version(version: str) -> tuple[int, int] | None:
     """``"v1.10.1"``, ``"1.8.0-RC"``, Forge's ``"f2.0.1v1.10.1-previous-..."`` -> ``(1, 10)``."""
+    if not re.match(r"\s*[vf]?\d", version):
+        return None  # another program's version (``tagloop 0.1.0``): not an A1111 release
     matches = re.findall(r"v?(\d+)\.(\d+)", version)
     if not matches:
         return None
