@@ -49,6 +49,9 @@ def _register() -> None:
 
     main.add_command(tag_command, "tag")
     main.add_command(convert_deepdanbooru_command, "convert-deepdanbooru")
+    from .prompt.command import prompt_command
+
+    main.add_command(prompt_command, "prompt")
     from .generator.command import generate_command
     from .generator.info_command import info_command
 
