@@ -92,12 +92,15 @@ def test_bad_files_are_named_and_the_rest_tagged(tmp_path, dd_model):
     (folder / "text.png").write_text("hello", encoding="utf-8")
     data = (folder / "good.JPG").read_bytes()
     (folder / "trunc.jpg").write_bytes(data[: len(data) // 3])
-    r = run("tag", folder, "--model", model, "--format", "jsonl", "-q")
+    r = run("tag", folder, "--model", model, "--format", "jsonl", "-q", "--failures", tmp_path / "failed.jsonl")
     assert r.exit_code == 1
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert {Path(d["path"]).name for d in lines} == {"good.JPG", "cmyk.jpg", "one.png", "wide.png", "日本語.png"}
     for bad in ("empty.png", "text.png", "trunc.jpg"):
         assert bad in r.stderr
+    recorded = [json.loads(x) for x in (tmp_path / "failed.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(Path(d["path"]).name for d in recorded) == ["empty.png", "text.png", "trunc.jpg"]
+    assert all(d["error"] for d in recorded)
 
 
 def test_sidecar_utf8_and_skip_existing(tmp_path, dd_model):

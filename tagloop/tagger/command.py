@@ -185,6 +185,8 @@ def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: 
 @click.option("--caption-extension", default=".txt", show_default=True, help="Extension of sidecar caption files.")
 @click.option("--skip-existing", is_flag=True, default=False, help="With --sidecar: leave images that already have a caption file alone.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (atomically) instead of stdout.")
+@click.option("--failures", type=click.Path(dir_okay=False), default=None,
+              help="Also record every image that failed, with the reason, in this JSONL file (written atomically).")
 @click.option("--recursive", "-r", is_flag=True, default=False, help="Walk folders recursively.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads (default: one per core, up to 8).")
@@ -197,7 +199,7 @@ def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: 
 @click.option("--character-first", is_flag=True, default=False, help="Text/sidecar: character tags before general ones.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar.")
 @user_errors
-def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, recursive, batch_size, workers,
+def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, failures, recursive, batch_size, workers,
                 filter_files, underscores, no_escape, show_scores, include_rating, character_first, quiet, **kw):
     """Tag images (files or folders) with a DeepDanbooru or WD14 tagger.
 
@@ -218,10 +220,10 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, r
         files = kept
         if skipped and not quiet:
             click.echo(f"tagloop: skipped {skipped} image(s) that already have a caption file", err=True)
-    failed = 0
+    failed_records: list[dict] = []
     for p, why in problems:
         click.echo(f"tagloop: {p}: {why}", err=True)
-        failed += 1
+        failed_records.append({"path": p, "error": why})
     blocklist = _load_filters(filter_files)
     policy = TagPolicy(use_spaces=not underscores, escape=not no_escape)
     tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
@@ -240,7 +242,7 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, r
             if progress is not None:
                 progress.update(1)
             if result.error is not None:
-                failed += 1
+                failed_records.append({"path": result.path, "error": result.error})
                 click.echo(f"tagloop: {result.path}: {result.error}", err=True)
                 continue
             if blocklist is not None:
@@ -274,7 +276,10 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, r
             atomic_write_text(output, payload + "\n")
     elif not to_stdout:
         atomic_write_text(output, "".join(line + "\n" for line in text_lines))
-    if failed:
+    if failures:
+        atomic_write_text(failures, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed_records))
+    if failed_records:
+        click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)
 
 
