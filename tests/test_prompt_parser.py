@@ -84,8 +84,12 @@ def test_stray_closers_and_colons_are_text() -> None:
 
 
 def test_malformed_weight_does_not_crash() -> None:
+    # A1111 raises here (float("1.2.3")); this parser keeps the text and closes the bracket as a
+    # plain pair (documented in the module docstring).
     pieces = parse_prompt_attention("(x:1.2.3)")
     assert "".join(t for t, _ in pieces) == "x:1.2.3"
+    assert pieces == [("x:1.2.3", pytest.approx(1.1))]
+    assert parse_prompt_attention("(x:.) y") == [("x:.", pytest.approx(1.1)), (" y", 1.0)]
 
 
 def test_prompt_editing_and_alternation_are_text_not_errors() -> None:
@@ -109,9 +113,16 @@ def test_break_keyword() -> None:
     assert sum(is_break(p) for p in parse_prompt_attention("a BREAK BREAK b")) == 2
 
 
-def test_break_inside_brackets_still_breaks() -> None:
+def test_break_inside_brackets_is_weighted_text_like_a1111() -> None:
+    # A1111 parity: its parse_prompt_attention multiplies every entry inside brackets, the BREAK
+    # marker's -1 too, so a bracketed BREAK is no longer the marker (it is encoded as the word
+    # "break" with weight -1.1) and ends no chunk. This parser used to keep it a break.
     pieces = parse_prompt_attention("(a BREAK b)")
-    assert pieces == [("a", pytest.approx(1.1)), BREAK_MARKER, ("b", pytest.approx(1.1))]
+    assert pieces == [("a", pytest.approx(1.1)), ("BREAK", pytest.approx(-1.1)), ("b", pytest.approx(1.1))]
+    assert not any(is_break(p) for p in pieces)
+    assert [is_break(p) for p in parse_prompt_attention("[a BREAK b]")] == [False] * 3
+    # a factor of exactly 1 leaves the marker a marker, as in A1111
+    assert parse_prompt_attention("(a BREAK b:1)") == [("a", 1.0), BREAK_MARKER, ("b", 1.0)]
 
 
 def test_extra_networks_extraction() -> None:

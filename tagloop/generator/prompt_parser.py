@@ -16,13 +16,18 @@ text            weight      note
 
 Escapes ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` give the literal character; a backslash before any
 other character is dropped (``a\\b`` -> ``ab``), as in A1111. ``BREAK`` (upper case, a word on its
-own; the white space around it is eaten) ends the current 75-token chunk.
+own; the white space around it is eaten) becomes the marker ``("BREAK", -1.0)``, which ends the
+current 75-token chunk.
 
-Differences from A1111, chosen on purpose:
+As in A1111 (``modules/prompt_parser.py``), brackets multiply every entry inside them, the
+``BREAK`` marker included: a bracketed ``BREAK`` such as ``(a BREAK b)`` comes out as
+``("BREAK", -1.1)``, which is no longer the marker, so it is encoded as the word "break" with that
+weight instead of ending the chunk. Neighbouring entries of equal weight merge, as in A1111.
 
-* ``BREAK`` inside brackets still ends the chunk (A1111 multiplies its marker weight, turning it
-  into the word "break" with a negative weight).
-* A malformed explicit weight such as ``(x:1.2.3)`` is kept as text instead of raising.
+Differences from A1111, chosen on purpose (A1111 raises or does something else):
+
+* A malformed explicit weight such as ``(x:1.2.3)`` makes A1111 raise (``float("1.2.3")``); here the
+  ``:1.2.3`` is kept as text and the ``)`` closes its bracket as a plain pair: ``[("x:1.2.3", 1.1)]``.
 * Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` are not scheduled: their text is
   read with the rules above (``[`` ``]`` de-emphasise, ``:`` and ``|`` stay text). Nothing crashes.
 """
@@ -48,12 +53,11 @@ _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 class _Piece:
     """One run of text with its weight while parsing (mutable, unlike the returned tuples)."""
 
-    __slots__ = ("text", "weight", "is_break")
+    __slots__ = ("text", "weight")
 
-    def __init__(self, text: str, weight: float = 1.0, is_break: bool = False) -> None:
+    def __init__(self, text: str, weight: float = 1.0) -> None:
         self.text = text
         self.weight = weight
-        self.is_break = is_break
 
 
 def _text_run(text: str, start: int) -> int:
@@ -67,8 +71,9 @@ def _text_run(text: str, start: int) -> int:
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     """Split an A1111 prompt into ``(text, weight)`` runs.
 
-    Neighbouring runs of equal weight are merged; a ``BREAK`` keyword becomes ``("BREAK", -1.0)``.
-    An empty prompt gives ``[("", 1.0)]``.
+    Neighbouring runs of equal weight are merged; a ``BREAK`` keyword becomes ``("BREAK", -1.0)``
+    (inside brackets its weight is multiplied like any other entry, as A1111 does, so it stops being
+    the marker: see the module docstring). An empty prompt gives ``[("", 1.0)]``.
 
     >>> parse_prompt_attention("a (b:1.5) [c] d")
     [('a ', 1.0), ('b', 1.5), (' ', 1.0), ('c', 0.9090909090909091), (' d', 1.0)]
@@ -78,9 +83,8 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     square_open: list[int] = []
 
     def scale_from(start: int, factor: float) -> None:
-        for piece in pieces[start:]:
-            if not piece.is_break:
-                piece.weight *= factor
+        for piece in pieces[start:]:  # the BREAK marker too, as in A1111
+            piece.weight *= factor
 
     i = 0
     n = len(text)
@@ -143,21 +147,17 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     for start in square_open:
         scale_from(start, SQUARE_MULTIPLIER)
 
+    # Merge neighbours of equal weight (A1111's rule). A marker still at -1 is never merged: its
+    # neighbours are the text around it, scaled by the same factors, so they weigh +1 times those.
     merged: list[_Piece] = []
     for piece in pieces:
-        previous = merged[-1] if merged else None
-        if (
-            previous is not None
-            and not piece.is_break
-            and not previous.is_break
-            and previous.weight == piece.weight
-        ):
-            previous.text += piece.text
+        if merged and merged[-1].weight == piece.weight:
+            merged[-1].text += piece.text
         else:
             merged.append(piece)
     if not merged:
         return [("", 1.0)]
-    return [BREAK_MARKER if p.is_break else (p.text, p.weight) for p in merged]
+    return [(p.text, float(p.weight)) for p in merged]
 
 
 def _to_float(value: str) -> float | None:
@@ -172,7 +172,7 @@ def _append_text(pieces: list[_Piece], text: str) -> None:
     parts = _BREAK.split(text)
     for index, part in enumerate(parts):
         if index > 0:
-            pieces.append(_Piece("BREAK", -1.0, is_break=True))
+            pieces.append(_Piece(*BREAK_MARKER))
         pieces.append(_Piece(part))
 
 
@@ -210,6 +210,15 @@ def _number(value: str, what: str, tag: str) -> float:
         return float(value)
     except ValueError:
         raise ValueError(f"The {what} {value!r} in the prompt tag {tag!r} is not a number; write e.g. <lora:NAME:0.8>.") from None
+
+
+def strip_extra_networks(prompt: str) -> str:
+    """Remove every ``<kind:args>`` tag (``<lora:name:1>``, ``<hypernet:h>``) without parsing its arguments.
+
+    The text left is the same as :func:`extract_extra_networks` gives, but a malformed tag never raises
+    (for counting tokens of any prompt).
+    """
+    return _EXTRA_NETWORK.sub("", prompt)
 
 
 def extract_extra_networks(prompt: str) -> tuple[str, list[ExtraNetwork]]:
