@@ -25,25 +25,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from ..prompt.clip_bpe import bytes_to_unicode as _bytes_to_unicode  # noqa: F401  (kept for callers of this name)
+from ..prompt.clip_bpe import clip_vocab
+
 Family = Literal["sd1", "sdxl", "sd3"]
 
 #: The tiny CLIP vocabulary: 256 byte-level characters, their end-of-word forms and two specials.
 TINY_VOCAB_SIZE = 514
 BOS_ID = 512
 EOS_ID = 513
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable character table (the published byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def write_tiny_clip_tokenizer_files(folder: str | Path) -> Path:
@@ -53,11 +43,7 @@ def write_tiny_clip_tokenizer_files(folder: str | Path) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = BOS_ID
-    vocab["<|endoftext|>"] = EOS_ID
+    vocab = clip_vocab()  # no merges: 256 characters, their </w> forms, BOS 512, EOS 513
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return folder
