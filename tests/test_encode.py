@@ -15,19 +15,7 @@ from tagloop.generator.encode import (
     encode_prompt_sdxl,
     tokenize_chunks,
 )
-
-
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's byte -> printable character table (the GPT-2 scheme)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
+from tagloop.prompt.clip_bpe import clip_vocab
 
 
 MERGES = [("c", "a"), ("ca", "t</w>")]
@@ -36,16 +24,7 @@ MERGES = [("c", "a"), ("ca", "t</w>")]
 def make_tokenizer(folder: Path, pad_token: str | None = None) -> CLIPTokenizer:
     """A CLIP BPE tokenizer from a vocabulary written here (positional constructor, works on tf4 and tf5)."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    chars = _bytes_to_unicode()
-    for char in chars:
-        vocab[char] = len(vocab)
-    for char in chars:
-        vocab[char + "</w>"] = len(vocab)
-    for first, second in MERGES:
-        vocab[first + second] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
+    vocab = clip_vocab(f"{a} {b}" for a, b in MERGES)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES), encoding="utf-8")
     kwargs = {"pad_token": pad_token} if pad_token else {}
@@ -130,6 +109,18 @@ def test_break_starts_a_new_chunk(tokenizer) -> None:
     raw = tokenizer("a BREAK (b)", add_special_tokens=False)["input_ids"]
     (chunk,) = tokenize_chunks(tokenizer, "a BREAK (b)", emphasis="None")
     assert chunk.tokens[: chunk.length] == raw and chunk.weights == [1.0] * 75
+
+
+def test_bracketed_break_is_the_word_break_like_a1111(tokenizer) -> None:
+    # A1111 parity: the parser multiplies BREAK's -1 marker by the bracket weight, and A1111's
+    # chunker only breaks on ("BREAK", -1), so "(a BREAK b)" is one chunk holding the (lower-cased)
+    # word "break" with weight -1.1 between a and b at 1.1.
+    (chunk,) = tokenize_chunks(tokenizer, "(a BREAK b)")
+    word = tokenizer("BREAK", add_special_tokens=False)["input_ids"]
+    assert word == tokenizer("break", add_special_tokens=False)["input_ids"]
+    assert chunk.tokens[: chunk.length] == [letter_id(tokenizer, "a"), *word, letter_id(tokenizer, "b")]
+    assert chunk.weights[: chunk.length] == pytest.approx([1.1] + [-1.1] * len(word) + [1.1])
+    assert count_chunks(tokenizer, "(a BREAK b)") == 1 and count_chunks(tokenizer, "a BREAK b") == 2
 
 
 def test_comma_backtracking_moves_the_tail(tokenizer) -> None:

@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .prompt_parser import is_break, parse_prompt_attention
 
@@ -64,42 +64,42 @@ def _comma_id(tokenizer: Any) -> int | None:
     return vocab.get(",</w>")
 
 
-def tokenize_chunks(
-    tokenizer: Any, text: str, *, comma_backtrack: int = 20, emphasis: str = "Original"
-) -> list[PromptChunk]:
-    """Cut ``text`` into A1111 75-token chunks with per-token weights.
+def pack_chunks(
+    segments: Iterable[tuple[Sequence[int], float] | None],
+    *,
+    comma_id: int | None,
+    pad_id: int,
+    comma_backtrack: int = 20,
+) -> tuple[list[PromptChunk], int]:
+    """A1111's chunking of token ids: ``(ids, weight)`` segments (``None`` = ``BREAK``) -> 75-token chunks.
 
-    An empty prompt gives one chunk of padding. ``comma_backtrack`` is A1111's
-    ``comma_padding_backtrack`` (20; 0 turns it off).
+    Returns the chunks (padded with ``pad_id``) and the number A1111's token counter shows (every
+    chunk closed before the end counts 75, the last one its length). When a chunk is full and the
+    next token is not ``comma_id``, the tokens after the last comma (at most ``comma_backtrack``
+    back; 0 turns it off) move to the next chunk. No segments (or only empty ones) give one chunk
+    of padding.
     """
-    emphasis = _check_emphasis(emphasis)
-    if not 0 <= comma_backtrack <= CHUNK_LENGTH - 1:
-        raise ValueError(f"`comma_backtrack` must be between 0 and 74, got {comma_backtrack}.")
-    pieces = parse_prompt_attention(text) if emphasis != "None" else [(text, 1.0)]
-    _, eos, _ = _special_ids(tokenizer)
-    comma = _comma_id(tokenizer)
-    texts = [piece[0] for piece in pieces]
-    encoded = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
-
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
     weights: list[float] = []
     last_comma = -1
+    count = 0
 
-    def close_chunk() -> None:
-        nonlocal tokens, weights, last_comma
+    def close_chunk(is_last: bool = False) -> None:
+        nonlocal tokens, weights, last_comma, count
         length = len(tokens)
         padding = CHUNK_LENGTH - length
-        chunks.append(PromptChunk(tokens + [eos] * padding, weights + [1.0] * padding, length))
+        count += length if is_last else CHUNK_LENGTH
+        chunks.append(PromptChunk(tokens + [pad_id] * padding, weights + [1.0] * padding, length))
         tokens, weights, last_comma = [], [], -1
 
-    for piece, ids in zip(pieces, encoded):
-        if emphasis != "None" and is_break(piece):
+    for segment in segments:
+        if segment is None:
             close_chunk()
             continue
-        weight = piece[1]
+        ids, weight = segment
         for token in ids:
-            if comma is not None and token == comma:
+            if comma_id is not None and token == comma_id:
                 last_comma = len(tokens)
             elif (
                 comma_backtrack
@@ -116,8 +116,58 @@ def tokenize_chunks(
             tokens.append(int(token))
             weights.append(float(weight))
     if tokens or not chunks:
-        close_chunk()
-    return chunks
+        close_chunk(is_last=True)
+    return chunks, count
+
+
+def chunk_text(
+    text: str,
+    encode_batch: Callable[[list[str]], Sequence[Sequence[int]]],
+    *,
+    comma_id: int | None,
+    pad_id: int,
+    comma_backtrack: int = 20,
+    emphasis: str = "Original",
+) -> tuple[list[PromptChunk], int]:
+    """Parse ``text`` (emphasis, ``BREAK``), token-ize each piece with ``encode_batch`` and :func:`pack_chunks` it.
+
+    ``encode_batch`` maps texts to token ids without BOS/EOS and without truncation (a CLIP
+    tokenizer's call, or an estimate). Emphasis "None" reads the text as written (no brackets, no
+    ``BREAK``). Returns the chunks and A1111's token count.
+    """
+    emphasis = _check_emphasis(emphasis)
+    if not 0 <= comma_backtrack <= CHUNK_LENGTH - 1:
+        raise ValueError(f"`comma_backtrack` must be between 0 and 74, got {comma_backtrack}.")
+    parse = emphasis != "None"
+    pieces = parse_prompt_attention(text) if parse else [(text, 1.0)]
+    encoded = encode_batch([piece[0] for piece in pieces])
+    segments = [None if parse and is_break(piece) else (ids, piece[1]) for piece, ids in zip(pieces, encoded)]
+    return pack_chunks(segments, comma_id=comma_id, pad_id=pad_id, comma_backtrack=comma_backtrack)
+
+
+def tokenize_prompt(
+    tokenizer: Any, text: str, *, comma_backtrack: int = 20, emphasis: str = "Original"
+) -> tuple[list[PromptChunk], int]:
+    """:func:`tokenize_chunks` plus the token count A1111's UI shows for ``text``."""
+    _, eos, _ = _special_ids(tokenizer)
+
+    def encode_batch(texts: list[str]) -> Sequence[Sequence[int]]:
+        return tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
+
+    return chunk_text(
+        text, encode_batch, comma_id=_comma_id(tokenizer), pad_id=eos, comma_backtrack=comma_backtrack, emphasis=emphasis
+    )
+
+
+def tokenize_chunks(
+    tokenizer: Any, text: str, *, comma_backtrack: int = 20, emphasis: str = "Original"
+) -> list[PromptChunk]:
+    """Cut ``text`` into A1111 75-token chunks with per-token weights.
+
+    An empty prompt gives one chunk of padding. ``comma_backtrack`` is A1111's
+    ``comma_padding_backtrack`` (20; 0 turns it off).
+    """
+    return tokenize_prompt(tokenizer, text, comma_backtrack=comma_backtrack, emphasis=emphasis)[0]
 
 
 def count_chunks(tokenizer: Any, text: str, *, emphasis: str = "Original") -> int:
