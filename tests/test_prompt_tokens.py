@@ -7,13 +7,13 @@ import json
 
 import pytest
 
+from tagloop.generator.encode import pack_chunks
+from tagloop.prompt.clip_bpe import clip_vocab
 from tagloop.prompt.tokens import (
     ClipTokenCounter,
     EstimateTokenCounter,
     TokenizerError,
-    _bytes_to_unicode,
     _load_counter,
-    chunk_token_ids,
     clip_tokenizer_from_bpe,
     get_token_counter,
     open_clip_bpe_path,
@@ -26,10 +26,8 @@ MERGES = ["h a", "ha i", "hai r</w>", "l o", "lo n", "lon g</w>", "b l", "bl u",
 
 def write_tiny_clip(folder):
     """vocab.json (256 byte chars, their </w> forms, merge results, specials) + merges.txt."""
-    chars = list(_bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in MERGES] + ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    (folder / "vocab.json").write_text(json.dumps(clip_vocab(MERGES)), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n", encoding="utf-8")
     return folder
 
@@ -77,6 +75,14 @@ def test_a1111_chunks_and_comma_backtracking(tiny_tokenizer_dir):
     assert (c.tokens, c.chunks, c.a1111_count) == (2, 2, 76)
 
 
+def chunk_token_ids(segments, comma_id, backtrack=20):
+    """The counter's chunking, which is the generator's :func:`pack_chunks`; chunks as lists of ids."""
+    chunks, count = pack_chunks(
+        [None if ids is None else (ids, 1.0) for ids in segments], comma_id=comma_id, pad_id=-9, comma_backtrack=backtrack
+    )
+    return [c.tokens[: c.length] for c in chunks], count
+
+
 def test_chunking_moves_the_tag_after_the_last_comma():
     comma = 0
     ids = [1] * 70 + [comma] + [2] * 10  # 81 tokens; the chunk fills inside the last tag
@@ -87,6 +93,8 @@ def test_chunking_moves_the_tag_after_the_last_comma():
     assert [len(c) for c in chunks] == [75, 6]
     far = [1] * 40 + [comma] + [2] * 40  # comma 34 tokens back: more than 20, no backtrack
     assert [len(c) for c in chunk_token_ids([far], comma)[0]] == [75, 6]
+    # a chunk ended by BREAK counts a full 75 in A1111's counter even when it is the last one
+    assert chunk_token_ids([[1, 2], None, []], comma) == ([[1, 2]], 75)
 
 
 @pytest.mark.parametrize(
@@ -160,3 +168,24 @@ def test_bad_tokenizer_folder(tmp_path):
     (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match="cannot load a CLIP tokenizer"):
         get_token_counter(tmp_path / "tok")
+
+
+def test_exact_count_is_the_generators_chunking(tiny_tokenizer_dir):
+    """With a real tokenizer the budget counts what `tagloop generate` encodes (same chunker)."""
+    from tagloop.generator.encode import count_chunks, tokenize_chunks
+
+    counter = get_token_counter(tiny_tokenizer_dir)
+    tok = counter.tokenizer
+    for prompt in (
+        ", ".join(["long hair"] * 30),
+        "hair BREAK long",
+        "(hair BREAK long)",  # bracketed BREAK is the word "break" (A1111 parity): one chunk
+        "a (((blue:1.3)) [hair], " * 12,
+        "",
+    ):
+        c = counter.count(prompt)
+        chunks = tokenize_chunks(tok, prompt)
+        assert c.chunks == len(chunks) == count_chunks(tok, prompt)
+        assert c.tokens == sum(ch.length for ch in chunks)
+    assert counter.count("(hair BREAK long)").chunks == 1
+    assert counter.count("(hair BREAK long)").tokens == 2 + len(tok("break", add_special_tokens=False)["input_ids"])

@@ -5,7 +5,10 @@ A1111 (``modules/sd_hijack_clip.py``, ``prompt_parser.py``) removes extra-networ
 tokenises each segment without BOS/EOS, and packs the tokens into chunks of 75 (each later wrapped
 as BOS + 75 + EOS = 77). ``BREAK`` starts a new chunk. When a chunk is full and the next token is
 not a comma, the tokens after the last comma (at most 20 back) move to the next chunk, so a tag
-is not cut in half. :func:`count_prompt` reproduces that and reports:
+is not cut in half. :func:`count_prompt` reproduces that with the generator's own code (the parser
+:func:`tagloop.generator.prompt_parser.parse_prompt_attention` and the chunker
+:func:`tagloop.generator.encode.chunk_text`; with a real tokenizer, the very
+:func:`~tagloop.generator.encode.tokenize_prompt` that ``tagloop generate`` encodes with), and reports:
 
 - ``tokens``: the CLIP tokens of the text (what a budget is measured in);
 - ``chunks``: how many 75-token chunks A1111 encodes;
@@ -35,120 +38,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-CHUNK_LENGTH = 75
-COMMA_BACKTRACK = 20
+from ..generator.encode import CHUNK_LENGTH, PromptChunk, chunk_text, tokenize_prompt
+from ..generator.prompt_parser import parse_prompt_attention, strip_extra_networks
+from .clip_bpe import clip_vocab
+
+__all__ = [
+    "CHUNK_LENGTH",
+    "ClipTokenCounter",
+    "EstimateTokenCounter",
+    "TokenCount",
+    "TokenCounter",
+    "TokenizerError",
+    "clip_tokenizer_from_bpe",
+    "count_prompt",
+    "get_token_counter",
+    "open_clip_bpe_path",
+    "parse_prompt_attention",
+    "strip_extra_networks",
+]
+
 _COMMA = -1  # the comma id of the estimate counter
 
-_RE_ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:")
-_RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 
 class TokenizerError(RuntimeError):
     """A tokenizer folder cannot be loaded (CLI exit code 2)."""
-
-
-def strip_extra_networks(prompt: str) -> str:
-    """Remove ``<lora:name:1>``-style tags, as A1111 does before encoding."""
-    return _RE_EXTRA_NETWORK.sub("", prompt)
-
-
-def _is_break(text: str, weight: float) -> bool:
-    return text == "BREAK" and weight == -1.0
-
-
-def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """Split A1111 prompt text into ``(text, weight)`` segments; ``("BREAK", -1.0)`` marks a break.
-
-    ``(x)`` x1.1, ``[x]`` /1.1, ``(x:w)`` xw, nested brackets multiply, unclosed brackets still
-    apply, ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are literals and a backslash before any other
-    character is dropped. Neighbouring segments of equal weight are merged.
-    """
-    res: list[list[Any]] = []
-    round_open: list[int] = []
-    square_open: list[int] = []
-
-    def multiply(start: int, factor: float) -> None:
-        for p in range(start, len(res)):
-            res[p][1] *= factor
-
-    for m in _RE_ATTENTION.finditer(text):
-        tok, weight = m.group(0), m.group(1)
-        number = None
-        if weight is not None:
-            try:
-                number = float(weight)
-            except ValueError:
-                number = None
-        if tok.startswith("\\"):
-            res.append([tok[1:], 1.0])
-        elif tok == "(":
-            round_open.append(len(res))
-        elif tok == "[":
-            square_open.append(len(res))
-        elif number is not None and round_open:
-            multiply(round_open.pop(), number)
-        elif tok == ")" and round_open:
-            multiply(round_open.pop(), 1.1)
-        elif tok == "]" and square_open:
-            multiply(square_open.pop(), 1 / 1.1)
-        else:
-            for i, part in enumerate(_RE_BREAK.split(tok)):
-                if i > 0:
-                    res.append(["BREAK", -1.0])
-                res.append([part, 1.0])
-    for p in round_open:
-        multiply(p, 1.1)
-    for p in square_open:
-        multiply(p, 1 / 1.1)
-    if not res:
-        res = [["", 1.0]]
-    merged: list[list[Any]] = [res[0]]
-    for text_, w in res[1:]:
-        if w == merged[-1][1] and not _is_break(text_, w) and not _is_break(*merged[-1]):
-            merged[-1][0] += text_
-        else:
-            merged.append([text_, w])
-    return [(t, float(w)) for t, w in merged]
-
-
-def chunk_token_ids(
-    segments: Sequence[list[int] | None], comma_id: int | None, chunk_length: int = CHUNK_LENGTH, backtrack: int = COMMA_BACKTRACK
-) -> tuple[list[list[int]], int]:
-    """Pack token ids into A1111 chunks (``None`` = ``BREAK``); returns (chunks, A1111's token count).
-
-    Chunks are returned without BOS/EOS/padding.
-    """
-    chunks: list[list[int]] = []
-    chunk: list[int] = []
-    count = 0
-    last_comma = -1
-
-    def close(is_last: bool = False) -> None:
-        nonlocal chunk, count, last_comma
-        count += len(chunk) if is_last else chunk_length
-        chunks.append(chunk)
-        chunk = []
-        last_comma = -1
-
-    for ids in segments:
-        if ids is None:
-            close()
-            continue
-        for token in ids:
-            if token == comma_id:
-                last_comma = len(chunk)
-            elif backtrack and len(chunk) == chunk_length and last_comma != -1 and len(chunk) - last_comma <= backtrack:
-                moved = chunk[last_comma + 1 :]
-                chunk = chunk[: last_comma + 1]
-                close()
-                chunk = moved
-            if len(chunk) == chunk_length:
-                close()
-            chunk.append(token)
-    if chunk or not chunks:
-        close(is_last=True)
-    return chunks, count
 
 
 @dataclass(frozen=True)
@@ -190,13 +104,14 @@ class TokenCounter(ABC):
 
     def count(self, prompt: str) -> TokenCount:
         """Count ``prompt`` as A1111 does (extra networks removed, emphasis parsed, 75-token chunks)."""
-        parsed = parse_prompt_attention(strip_extra_networks(prompt))
-        texts = [t for t, w in parsed if not _is_break(t, w)]
-        encoded = iter(self.encode_batch(texts)) if texts else iter(())
-        segments: list[list[int] | None] = [None if _is_break(t, w) else next(encoded) for t, w in parsed]
-        chunks, a1111 = chunk_token_ids(segments, self.comma_id)
-        tokens = sum(len(s) for s in segments if s is not None)
-        return TokenCount(tokens, len(chunks), a1111, self.name, self.exact)
+        return self._report(*self._chunks(strip_extra_networks(prompt)))
+
+    def _chunks(self, text: str) -> tuple[list[PromptChunk], int]:
+        """The generator's chunker over :meth:`encode_batch`."""
+        return chunk_text(text, self.encode_batch, comma_id=self.comma_id, pad_id=0)
+
+    def _report(self, chunks: list[PromptChunk], a1111_count: int) -> TokenCount:
+        return TokenCount(sum(c.length for c in chunks), len(chunks), a1111_count, self.name, self.exact)
 
 
 class ClipTokenCounter(TokenCounter):
@@ -211,6 +126,10 @@ class ClipTokenCounter(TokenCounter):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(ids) for ids in self.tokenizer(list(texts), truncation=False, add_special_tokens=False)["input_ids"]]
+
+    def _chunks(self, text: str) -> tuple[list[PromptChunk], int]:
+        """Exactly what ``tagloop generate`` encodes: :func:`tagloop.generator.encode.tokenize_prompt`."""
+        return tokenize_prompt(self.tokenizer, text)
 
 
 _PRETOKEN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -264,19 +183,6 @@ class EstimateTokenCounter(TokenCounter):
         return out
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of GPT-2/CLIP byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def clip_tokenizer_from_bpe(bpe_gz: str | Path) -> Any:
     """Build the CLIP tokenizer from a ``bpe_simple_vocab_16e6.txt.gz`` merges file.
 
@@ -288,12 +194,9 @@ def clip_tokenizer_from_bpe(bpe_gz: str | Path) -> Any:
 
     lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
     merges = [m for m in lines[1 : 49152 - 256 - 2 + 1] if m.strip()]
-    chars = list(_bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory() as tmp:
         vpath, mpath = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
-        vpath.write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+        vpath.write_text(json.dumps(clip_vocab(merges)), encoding="utf-8")
         mpath.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
         return CLIPTokenizer(str(vpath), str(mpath), model_max_length=77)
 
