@@ -269,6 +269,19 @@ def test_save_png_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000-1.png"]
     assert read_image_metadata(target).infotext.startswith("first")
 
+    # the file write itself failing (after the temporary file has data) leaves no trace either
+    def broken_fsync(fd: int) -> None:
+        raise OSError("device gone")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="device gone"):
+        save_png(Image.new("RGB", (8, 8)), target, "fourth")
+    with pytest.raises(OSError, match="device gone"):
+        save_image(Image.new("RGB", (8, 8)), tmp_path / "out" / "00002-3.jpg", "fifth")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000-1.png"]
+    assert read_image_metadata(target).infotext.startswith("first")
+
 
 def test_comfyui_png_chunks(tmp_path: Path) -> None:
     prompt = {"3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 20}}}

@@ -19,10 +19,11 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
+
+from ..fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -368,24 +369,11 @@ def encode_user_comment(text: str) -> bytes:
     return b"UNICODE\0" + text.encode("utf-16-be")
 
 
-def _atomic_write(path: Path, write: Any) -> Path:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+def _encoded(image: "Image.Image", **save_args: Any) -> bytes:
+    """The bytes ``image.save`` writes (the whole file is built in memory, then written atomically)."""
+    buffer = io.BytesIO()
+    image.save(buffer, **save_args)
+    return buffer.getvalue()
 
 
 def save_png(image: "Image.Image", path: Path, infotext: str | None) -> Path:
@@ -399,7 +387,7 @@ def save_png(image: "Image.Image", path: Path, infotext: str | None) -> Path:
     pnginfo = PngImagePlugin.PngInfo()
     if infotext is not None:
         pnginfo.add_text("parameters", infotext)
-    return _atomic_write(Path(path), lambda file: image.save(file, format="PNG", pnginfo=pnginfo))
+    return atomic_write_bytes(path, _encoded(image, format="PNG", pnginfo=pnginfo))
 
 
 def save_image(image: "Image.Image", path: Path, infotext: str | None, *, quality: int = 95) -> Path:
@@ -417,7 +405,7 @@ def save_image(image: "Image.Image", path: Path, infotext: str | None, *, qualit
     if infotext is not None:
         exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = encode_user_comment(infotext)
     rgb = image.convert("RGB") if formats[suffix] == "JPEG" and image.mode != "RGB" else image
-    return _atomic_write(path, lambda file: rgb.save(file, format=formats[suffix], exif=exif, quality=quality))
+    return atomic_write_bytes(path, _encoded(rgb, format=formats[suffix], exif=exif, quality=quality))
 
 
 _LEADING_NUMBER = re.compile(r"^(\d+)")
