@@ -189,3 +189,20 @@ def test_exact_count_is_the_generators_chunking(tiny_tokenizer_dir):
         assert c.tokens == sum(ch.length for ch in chunks)
     assert counter.count("(hair BREAK long)").chunks == 1
     assert counter.count("(hair BREAK long)").tokens == 2 + len(tok("break", add_special_tokens=False)["input_ids"])
+
+
+def test_auto_counts_exactly_with_the_packaged_clip_vocabulary():
+    """tagloop ships CLIP's merge list, so `auto` is exact offline; ids as CLIP's published vocab."""
+    _load_counter.cache_clear()
+    try:
+        counter = get_token_counter("auto")
+        assert counter.exact and counter.name == "clip-bpe"
+        # "a photo of a cat" -> 320 1125 539 320 2368 in CLIP's vocab.json; the comma is 267
+        tok = counter.tokenizer
+        assert tok("a photo of a cat", add_special_tokens=False)["input_ids"] == [320, 1125, 539, 320, 2368]
+        assert tok(",", add_special_tokens=False)["input_ids"] == [267]
+        # the A1111-style count of a short prompt equals the tokenizer's own count without BOS/EOS
+        text = "low quality, worst quality, blurry, cropped, text, watermark, signature"
+        assert counter.count(text).tokens == len(tok(text)["input_ids"]) - 2
+    finally:
+        _load_counter.cache_clear()

@@ -16,7 +16,6 @@ pipeline; FP8 checkpoints keep fp8 storage with bf16/fp16 compute (diffusers lay
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -399,13 +398,10 @@ def clip_vocab_from_bpe(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     256 byte characters, the same with ``</w>``, one entry per merge, then ``<|startoftext|>`` and
     ``<|endoftext|>`` (49,408 entries).
     """
-    from .tiny import _bytes_to_unicode
+    from ..prompt.clip_bpe import clip_vocab, read_bpe_merges
 
-    lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges
+    merges = read_bpe_merges(bpe_gz)
+    return clip_vocab(merges), merges
 
 
 def packaged_config_dir(family: str, variant: str | None = None) -> Path:

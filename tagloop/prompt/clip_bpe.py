@@ -5,7 +5,15 @@ Pure Python (no torch, no transformers), so anything may import it cheaply.
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
 from typing import Iterable
+
+#: CLIP's merge list (OpenAI CLIP, MIT licence), shipped once inside the package.
+PACKAGED_BPE = Path(__file__).resolve().parents[1] / "data" / "configs" / "clip_bpe_simple_vocab_16e6.txt.gz"
+
+#: CLIP uses the first 49152 - 256 - 2 merges of ``bpe_simple_vocab_16e6.txt.gz`` (after its header).
+NUM_MERGES = 49152 - 256 - 2
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -35,3 +43,9 @@ def clip_vocab(merges: Iterable[str] = ()) -> dict[str, int]:
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
     return {t: i for i, t in enumerate(tokens)}
+
+
+def read_bpe_merges(bpe_gz: str | Path = PACKAGED_BPE) -> list[str]:
+    """The merges CLIP's tokenizer uses from a ``bpe_simple_vocab_16e6.txt.gz`` file (header skipped)."""
+    lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
+    return [m for m in lines[1 : NUM_MERGES + 1] if m.strip()]

@@ -18,16 +18,16 @@ Counters, in order of preference (:func:`get_token_counter`):
 
 1. ``--tokenizer DIR``: a ``transformers`` CLIPTokenizer from a folder (a ``tokenizer/`` folder of a
    diffusers model, or the model folder itself): exact for that model.
-2. ``auto`` with ``open_clip`` installed: the CLIP BPE vocabulary shipped in that package
-   (``bpe_simple_vocab_16e6.txt.gz``, the vocabulary of SD1.x/SDXL's CLIP tokenizers) is turned
-   into a CLIPTokenizer: exact, offline, without importing open_clip itself.
-3. Otherwise an estimate (:class:`EstimateTokenCounter`), documented there.
+2. ``auto``: the CLIP BPE vocabulary (``bpe_simple_vocab_16e6.txt.gz``, the vocabulary of
+   SD1.x/SDXL's CLIP tokenizers) shipped inside tagloop (or, with ``open_clip``, that package's
+   copy) is turned into a CLIPTokenizer: exact and offline.
+3. ``estimate``: an estimate (:class:`EstimateTokenCounter`), documented there; also ``auto``'s
+   fallback should the vocabulary file be missing.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
 import importlib.util
 import json
 import math
@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 from ..generator.encode import CHUNK_LENGTH, PromptChunk, chunk_text, tokenize_prompt
 from ..generator.prompt_parser import parse_prompt_attention, strip_extra_networks
-from .clip_bpe import clip_vocab
+from .clip_bpe import PACKAGED_BPE, clip_vocab, read_bpe_merges
 
 __all__ = [
     "CHUNK_LENGTH",
@@ -192,8 +192,7 @@ def clip_tokenizer_from_bpe(bpe_gz: str | Path) -> Any:
     """
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(bpe_gz, "rt", encoding="utf-8").read().split("\n")
-    merges = [m for m in lines[1 : 49152 - 256 - 2 + 1] if m.strip()]
+    merges = read_bpe_merges(bpe_gz)
     with tempfile.TemporaryDirectory() as tmp:
         vpath, mpath = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
         vpath.write_text(json.dumps(clip_vocab(merges)), encoding="utf-8")
@@ -228,12 +227,12 @@ def _load_counter(spec: str) -> TokenCounter:
     if spec == "estimate":
         return EstimateTokenCounter()
     if spec in ("auto", "open_clip"):
-        bpe = open_clip_bpe_path()
+        bpe = PACKAGED_BPE if spec == "auto" and PACKAGED_BPE.is_file() else open_clip_bpe_path()
         if bpe is None:
             if spec == "open_clip":
                 raise TokenizerError("`--tokenizer open_clip` needs the open_clip package (pip install open-clip-torch).")
             return EstimateTokenCounter()
-        return ClipTokenCounter(clip_tokenizer_from_bpe(bpe), "open_clip-bpe")
+        return ClipTokenCounter(clip_tokenizer_from_bpe(bpe), "clip-bpe" if bpe == PACKAGED_BPE else "open_clip-bpe")
     path = Path(spec)
     if not path.is_dir():
         raise TokenizerError(
@@ -254,7 +253,7 @@ def _load_counter(spec: str) -> TokenCounter:
 
 
 def get_token_counter(tokenizer: str | Path | TokenCounter | None = "auto") -> TokenCounter:
-    """A token counter: a folder path, ``auto`` (open_clip vocabulary if installed, else estimate),
+    """A token counter: a folder path, ``auto`` (CLIP's vocabulary, shipped with tagloop),
     ``open_clip``, ``estimate``, or a ready :class:`TokenCounter`. Loaded once per process."""
     if isinstance(tokenizer, TokenCounter):
         return tokenizer
