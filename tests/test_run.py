@@ -104,3 +104,59 @@ def test_expand_paths_case_insensitive(tmp_path):
     assert problems and "missing.png" in problems[0][0]
     files, _ = expand_paths([tmp_path], recursive=True)
     assert {f.name for f in files} == {"A.JPG", "b.Png", "c.webp"}
+
+
+def test_failed_images_do_not_pile_up_behind_a_batch():
+    """A good image then thousands of bad ones: results come back as they go, not after the whole folder."""
+    tagger = ChannelMeanTagger()
+    consumed = []
+
+    def sources():
+        consumed.append(0)
+        yield colour((200, 0, 0))
+        for i in range(5000):
+            consumed.append(i)
+            yield b"not an image"
+
+    it = tag_sources(tagger, sources(), TagOptions(batch_size=4, threshold=0.0, workers=1))
+    first = next(it)
+    assert first.ok and len(consumed) < 100
+    second = next(it)
+    assert second.error and len(consumed) < 100
+    it.close()
+
+
+class BrokenModelTagger(ChannelMeanTagger):
+    """A model whose output does not fit its label table: a model problem, not an image problem."""
+
+    def predict(self, batch):
+        from tagloop.tagger.base import ModelFileError
+
+        self.calls.append(len(batch))
+        raise ModelFileError("model.onnx returned scores of shape (2, 5) but tags.txt lists 6 tags.")
+
+
+def test_a_model_error_stops_the_run_instead_of_failing_every_image():
+    from tagloop.tagger.base import ModelFileError
+
+    tagger = BrokenModelTagger()
+    with pytest.raises(ModelFileError, match="lists 6 tags"):
+        list(tag_sources(tagger, [colour((i, 0, 0)) for i in range(6)], TagOptions(batch_size=3, workers=1)))
+    assert tagger.calls == [3]  # no image-by-image retries of a broken model
+
+
+class FlakyTagger(ChannelMeanTagger):
+    """Fails on one poisoned image (a runtime error, e.g. out of memory), works on the others."""
+
+    def predict(self, batch):
+        if (batch[:, 0, 0, 1] == 77).any():
+            raise RuntimeError("CUDA out of memory")
+        return super().predict(batch)
+
+
+def test_a_runtime_failure_in_a_batch_costs_only_its_image():
+    tagger = FlakyTagger()
+    imgs = [colour((10, 0, 0)), colour((20, 77, 0)), colour((30, 0, 0))]
+    results = list(tag_sources(tagger, imgs, TagOptions(batch_size=3, threshold=0.0, workers=1)))
+    assert [r.ok for r in results] == [True, False, True]
+    assert "out of memory" in results[1].error

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .base import Tagger
+from .base import Tagger, TaggerError
 from .preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, ImageSource, load_image, to_8bit
 from .result import TagResult, TagScore
 from .threshold import DEFAULT_BANDS, Band, edge_density, mcut_threshold, pick_band
@@ -157,7 +157,9 @@ def tag_sources(
             submit_more(pool)
             group.append(prep)
             n_ok += prep.error is None
-            if n_ok == batch_size:
+            # a full batch runs; so does a group that only holds failures (nothing to wait for) or
+            # one that grew long with failures behind a few good images (memory stays bounded)
+            if n_ok == batch_size or n_ok == 0 or len(group) >= ahead:
                 yield from _run_group(tagger, group, options)
                 group, n_ok = [], 0
         if group:
@@ -175,10 +177,16 @@ def _run_group(tagger: Tagger, group: Sequence[_Prepared], options: TagOptions) 
 
 
 def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) -> list[TagResult]:
-    """One forward pass; if it fails, each image alone, so one bad input only costs itself."""
+    """One forward pass; if it fails, each image alone, so one bad input only costs itself.
+
+    A :class:`TaggerError` (the model does not fit its labels, was closed, ...) is not an image
+    problem: it propagates, so the command stops with exit code 2 instead of failing every image.
+    """
     stack = np.stack([p.array for p in batch])
     try:
         probs = tagger.predict(stack)
+    except TaggerError:
+        raise  # the model itself is wrong (shape, labels, closed): every image would fail the same way
     except Exception as e:
         if len(batch) == 1:
             return [TagResult(path=batch[0].path, tags=[], error=f"model failed: {type(e).__name__}: {e}", model=tagger.source)]
