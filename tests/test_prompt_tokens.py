@@ -206,3 +206,13 @@ def test_auto_counts_exactly_with_the_packaged_clip_vocabulary():
         assert counter.count(text).tokens == len(tok(text)["input_ids"]) - 2
     finally:
         _load_counter.cache_clear()
+
+
+def test_folder_without_tokenizer_files_is_an_error(tmp_path):
+    """transformers builds a 2-entry tokenizer from an empty folder; counting with it is nonsense."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenizerError, match="no CLIP tokenizer files"):
+        get_token_counter(tmp_path / "empty")
+    (tmp_path / "model" / "tokenizer").mkdir(parents=True)  # a diffusers folder whose tokenizer/ is empty
+    with pytest.raises(TokenizerError, match="no CLIP tokenizer files"):
+        get_token_counter(tmp_path / "model")

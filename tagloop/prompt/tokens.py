@@ -240,6 +240,12 @@ def _load_counter(spec: str) -> TokenCounter:
             "tokenizer.json), a diffusers model folder, `auto` or `estimate`."
         )
     folder = _tokenizer_folder(path)
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not has_bpe and not (folder / "tokenizer.json").is_file():
+        raise TokenizerError(
+            f"{str(folder)!r} holds no CLIP tokenizer files (vocab.json + merges.txt, or tokenizer.json); give a "
+            "tokenizer folder, a diffusers model folder with tokenizer/, `auto` or `estimate`."
+        )
     try:
         from transformers import CLIPTokenizer
 
@@ -249,6 +255,8 @@ def _load_counter(spec: str) -> TokenCounter:
             tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # transformers raises many types for a bad folder
         raise TokenizerError(f"cannot load a CLIP tokenizer from {str(folder)!r} ({type(e).__name__}: {e}).") from None
+    if ",</w>" not in tok.get_vocab():
+        raise TokenizerError(f"{str(folder)!r} is not a CLIP BPE tokenizer (its vocabulary has no `,</w>`); counts would be wrong.")
     return ClipTokenCounter(tok, f"clip:{folder.name or folder}")
 
 
