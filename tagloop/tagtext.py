@@ -35,13 +35,31 @@ def escape(text: str) -> str:
     return _TO_ESCAPE.sub(r"\\\1", text)
 
 
+def _has_bare_paren(text: str) -> bool:
+    """Whether ``text`` has a ``(`` or ``)`` that no backslash escapes (so it is not A1111-escaped text)."""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in "\\()[]":
+            i += 2
+            continue
+        if c in "()":
+            return True
+        i += 1
+    return False
+
+
 def canonical(tag: str) -> str:
     """The matching key of a tag: unescaped, lower-case, trimmed, spaces as underscores.
 
     ``"Hair Ribbon \\(Blue\\)"``, ``"hair_ribbon_(blue)"`` and ``"hair ribbon (blue)"`` all give
     ``"hair_ribbon_(blue)"``; the kaomoji ``"^ ^"`` gives ``"^_^"``.
+
+    Text with a bare ``(`` or ``)`` cannot be A1111-escaped (escaping leaves none), so it is a raw
+    tag name and is not unescaped: Danbooru's ``\\(^o^)/`` keeps its backslash, and the A1111
+    spelling ``\\\\\\(^o^\\)/`` gives the same key.
     """
-    text = unescape(tag).strip().lower()
+    text = (tag if _has_bare_paren(tag) else unescape(tag)).strip().lower()
     return _SPACES.sub("_", text)
 
 

@@ -326,3 +326,21 @@ def test_chain_records_every_removal_with_a_reason(tmp_path):
     assert all(e.reason for e in log.events)
     data = log.to_json()
     assert data["rating"] == {"safe": 0.9} and data["negative"][0]["name"] == "realistic"
+
+
+def test_raw_names_with_a_backslash_round_trip_through_a1111_escaping():
+    """Danbooru's `\\(^o^)/` is a raw name (it has a bare `)`), not escaped text: keep its backslash."""
+    from tagloop.tagtext import TagPolicy, canonical, escape
+
+    raw = "\\(^o^)/"
+    a1111 = escape(raw)  # what A1111's DeepBooru writes: \\\(^o^\)/
+    assert a1111 == "\\\\\\(^o^\\)/"
+    assert canonical(raw) == canonical(a1111) == raw
+    assert TagPolicy().format(raw) == a1111
+    assert TagPolicy(escape=False).format(raw) == raw
+    # escaped text still unescapes, and a bare-paren name is left as it is
+    assert canonical("hair ribbon \\(blue\\)") == canonical("hair_ribbon_(blue)") == "hair_ribbon_(blue)"
+    assert canonical("\\m/") == "\\m/" and canonical(escape("\\m/")) == "\\m/"
+    log = FilterLog()
+    kept = parse_blocklist(a1111).apply([T(raw), T("smile")], log)
+    assert [t.name for t in kept] == ["smile"] and log.removed_names() == [raw]
