@@ -81,7 +81,8 @@ class GenerationSettings:
     given. Images per prompt = ``batch_size * batch_count`` with seeds ``seed + k``; forwards hold up
     to ``max(batch_size, max_batch)`` images across prompts. ``init_image`` makes it img2img with
     ``denoising_strength``; ``hires_scale`` > 1 adds A1111's hires-fix second pass (text-to-image).
-    ``version``: the A1111 version an infotext came from (pre-1.9 sampler names differ).
+    ``version``: the A1111 version whose sampler-name rules apply to ``sampler`` (pre-1.9 names
+    differ); :func:`settings_from_infotext` resolves them itself and leaves it ``None``.
     """
 
     prompt: str = ""
@@ -308,7 +309,9 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         hires_denoise=num("Denoising strength", float) or 0.5 if hires else s.hires_denoise,
         hires_upscaler="lanczos" if upscaler.startswith("lanczos") else "latent",
         emphasis=str(params.get("Emphasis") or "Original"),
-        version=version,
+        # (sampler, schedule) above are already in 1.9+ terms; keeping the old version would apply
+        # the pre-1.9 rule a second time and turn `DPM++ 2M Karras` (1.8) into the uniform schedule.
+        version=None,
     )
 
 
