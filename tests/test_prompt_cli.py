@@ -143,3 +143,33 @@ def test_image_is_tagged_then_composed(tmp_path):
     saved.write_text(json.dumps(tag_one(str(img), model=str(model), threshold=0.0).to_json()), encoding="utf-8")
     again = json.loads(run("--from-json", str(saved), "--format", "json", "--max-tags", "5", "--preset", "plain").stdout)
     assert again["positive"] == data["positive"]
+
+
+def test_unreadable_or_malformed_json_is_a_usage_error_not_a_traceback(tmp_path):
+    cases = {
+        "latin1.json": b'{"tags": [{"name": "caf\xe9", "score": 0.5}]}',
+        "null_name.json": b'{"tags": [{"name": null, "score": 0.5}]}',
+        "number_name.json": b'{"tags": [{"name": 3, "score": 0.5}]}',
+        "rating_list.json": b'{"tags": [{"name": "a", "score": 0.5}], "rating": [1]}',
+        "tags_not_objects.json": b'{"tags": ["a", "b"]}',
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        r = run("--from-json", str(path))
+        assert r.exit_code == 2, (name, r.output)
+        assert name in r.output
+    r = run("--from-json", "-", input=b'{"tags": [{"name": "caf\xe9", "score": 0.5}]}')
+    assert r.exit_code == 2 and "UTF-8" in r.output
+
+
+def test_image_that_cannot_be_decoded_fails_with_exit_1(tmp_path):
+    from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
+
+    model, _ = save_tiny_deepdanbooru(tmp_path / "model-resnet_custom_v3.pt", num_tags=12, seed=3)
+    img = tmp_path / "broken.png"
+    img.write_bytes(b"not an image")
+    r = run(str(img), "--model", str(model))
+    assert r.exit_code == 1, r.output
+    assert "broken.png" in r.stderr and "not an image" in r.stderr
+    assert r.stdout == ""  # no prompt, not an empty line

@@ -64,11 +64,30 @@ def read_results_json(text: str, source: str = "-") -> list[TagResult]:
     for i, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not isinstance(item.get("tags", []), list):
             raise click.UsageError(f"{source}: item {i} is not a `tagloop tag` result object with a `tags` list.")
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in item.get("tags", [])):
+            raise click.UsageError(f"{source}: item {i} has a tag that is not an object with a string `name` and a `score`.")
+        if not isinstance(item.get("rating") or {}, dict):
+            raise click.UsageError(f"{source}: item {i}: `rating` must be an object of rating name -> score.")
         try:
             results.append(TagResult.from_json(item))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise click.UsageError(f"{source}: item {i} has a malformed tag ({type(e).__name__}: {e}).") from None
     return results
+
+
+def _read_json_source(from_json: str) -> str:
+    """The text of ``--from-json`` (a file, or stdin for ``-``), as UTF-8 with or without a BOM."""
+    try:
+        if from_json == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        else:
+            data = Path(from_json).read_bytes()
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise click.UsageError(f"{from_json}: not UTF-8 text ({e}); `tagloop tag --format json` writes UTF-8.") from None
+    except OSError as e:
+        raise click.UsageError(f"{from_json}: cannot be read ({e}).") from None
 
 
 def _split_pairs(values: tuple[str, ...], what: str) -> None:
@@ -170,8 +189,7 @@ def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style,
         result, scored = parse_tag_text(tags_text)
         results = [result]
     elif from_json is not None:
-        text = sys.stdin.read() if from_json == "-" else Path(from_json).read_text(encoding="utf-8-sig")
-        results = read_results_json(text, from_json)
+        results = read_results_json(_read_json_source(from_json), from_json)
     else:
         results = [_tag_image(image, tagger_kwargs)]
     if emphasis in ("confidence", "score") and not scored:
@@ -230,7 +248,8 @@ def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style,
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
     else:
         blocks = [(f"# {c.path}\n" if len(results) > 1 and c.path else "") + c.text() for c in composed]
-        click.echo("\n\n".join(blocks))
+        if blocks:
+            click.echo("\n\n".join(blocks))
     if failed:
         sys.exit(1)
 
@@ -241,11 +260,14 @@ def _tag_image(image: str, tagger_kwargs: dict[str, Any]) -> TagResult:
         raise click.UsageError("tagging an image needs tagloop.tagger.command, which this install lacks; use --tags or --from-json.")
     from ..hub import HubError
     from ..tagger.base import TaggerError
+    from ..tagger.preprocess import ImageDecodeError
 
     try:
         return _TAG_ONE(image, **tagger_kwargs)
     except (TaggerError, HubError) as e:
         raise click.UsageError(str(e)) from None
+    except ImageDecodeError as e:  # a bad input, not a bad setting: reported like a failed result (exit 1)
+        return TagResult(path=image, tags=[], error=str(e))
 
 
 _TAGGER_PARAMS, _TAG_ONE = _tagger_integration()
