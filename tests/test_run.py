@@ -160,3 +160,14 @@ def test_a_runtime_failure_in_a_batch_costs_only_its_image():
     results = list(tag_sources(tagger, imgs, TagOptions(batch_size=3, threshold=0.0, workers=1)))
     assert [r.ok for r in results] == [True, False, True]
     assert "out of memory" in results[1].error
+
+
+def test_expand_paths_names_a_folder_without_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    files, problems = expand_paths([tmp_path])
+    assert files == [] and len(problems) == 1
+    assert "no images" in problems[0][1] and "--recursive" in problems[0][1]
+    files, problems = expand_paths([tmp_path], recursive=True)
+    assert [f.name for f in files] == ["a.png"] and problems == []

@@ -205,7 +205,8 @@ def tag_image(tagger: Tagger, image: ImageSource | Image.Image, options: TagOpti
 def expand_paths(paths: Iterable[str | Path], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given plus images inside given folders (extensions case-insensitive).
 
-    Returns ``(files, problems)``; a missing path is a problem, not an exception.
+    Returns ``(files, problems)``; a missing path, or a folder with no images in it, is a problem,
+    not an exception.
     """
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -213,10 +214,20 @@ def expand_paths(paths: Iterable[str | Path], recursive: bool = False) -> tuple[
         p = Path(raw)
         if p.is_dir():
             walker = p.rglob("*") if recursive else p.iterdir()
-            found = sorted(
-                (f for f in walker if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
-                key=lambda f: str(f),
-            )
+            try:
+                found = sorted(
+                    (f for f in walker if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS),
+                    key=lambda f: str(f),
+                )
+                subfolders = not found and not recursive and any(c.is_dir() for c in p.iterdir())
+            except OSError as e:
+                problems.append((str(raw), f"cannot read this folder ({e.strerror or e})"))
+                continue
+            if not found:
+                hint = ""
+                if subfolders:
+                    hint = "; it has subfolders: add --recursive to walk them"
+                problems.append((str(raw), f"no images (.png, .jpg, .webp, ...) in this folder{hint}"))
             files.extend(found)
         elif p.is_file():
             files.append(p)
