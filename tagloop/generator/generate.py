@@ -139,7 +139,7 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
 
     Raises :class:`SettingsError` with one sentence naming the option and the bad value.
     """
-    from .samplers import resolve_sampler
+    from .samplers import SCHEDULE_TYPES, UNSUPPORTED_SCHEDULE_TYPES, effective_schedule
 
     s = settings
     if s.steps is not None and (not isinstance(s.steps, int) or s.steps < 1):
@@ -174,16 +174,26 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
             raise _err(f"`--hires-steps` must be 0 (same as --steps) or more, not {s.hires_steps!r}.")
     if s.hires_upscaler not in ("latent", "lanczos"):
         raise _err(f"`--hires-upscaler` must be latent or lanczos, not {s.hires_upscaler!r}.")
-    if s.sampler is not None:
+    if s.sampler is not None or s.schedule_type is not None:
+        name = s.sampler or _default_sampler(family)[0]
         try:
-            resolve_sampler(s.sampler, s.schedule_type, version=s.version)
+            schedule = effective_schedule(name, s.schedule_type, version=s.version)
         except ValueError as e:
             raise _err(str(e)) from None
+        if schedule in UNSUPPORTED_SCHEDULE_TYPES:
+            raise _err(f"the schedule type {schedule!r} has no diffusers equivalent; use one of {', '.join(SCHEDULE_TYPES)}.")
     if family is not None and family not in FAMILY_DEFAULTS:
         raise _err(f"unknown model family {family!r}.")
     for pos, neg in s.pairs():
         if not isinstance(pos, str) or not isinstance(neg, str):
             raise _err("prompts must be text.")
+
+
+def _default_sampler(family: str | None) -> tuple[str, str]:
+    """The family's default sampler as A1111 1.9+ names it: ``(sampler, schedule type)``."""
+    from .samplers import resolve_sampler
+
+    return resolve_sampler(FAMILY_DEFAULTS[family].sampler if family in FAMILY_DEFAULTS else "Euler a")
 
 
 def with_family_defaults(settings: GenerationSettings, family: str, init_size: tuple[int, int] | None = None) -> GenerationSettings:
@@ -192,9 +202,15 @@ def with_family_defaults(settings: GenerationSettings, family: str, init_size: t
     width, height = settings.width, settings.height
     if width is None and height is None and init_size is not None:
         width, height = (max(64, init_size[0] // 8 * 8), max(64, init_size[1] // 8 * 8))
+    sampler, schedule_type = settings.sampler, settings.schedule_type
+    if sampler is None:
+        # the default's 1.9+ form (`DPM++ 2M` + Automatic = Karras), so that --schedule-type applies to it
+        sampler, default_schedule = _default_sampler(family)
+        schedule_type = schedule_type or default_schedule
     return replace(
         settings,
-        sampler=settings.sampler or d.sampler,
+        sampler=sampler,
+        schedule_type=schedule_type,
         steps=settings.steps or d.steps,
         cfg_scale=d.cfg_scale if settings.cfg_scale is None else settings.cfg_scale,
         width=width or d.width,
