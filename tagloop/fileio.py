@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, TextIO
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -29,3 +31,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write UTF-8 text (whatever the locale) atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_open(path: str | Path, encoding: str = "utf-8") -> Iterator[TextIO]:
+    """A text file to stream into that appears at ``path`` only when the ``with`` block succeeds.
+
+    Writes go to a temp file in the same folder (created, with the folder, on entry, so an
+    unwritable target fails before any work); on success it is fsynced and renamed over ``path``,
+    on any exception (Ctrl-C and ``sys.exit`` included) it is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="\n") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

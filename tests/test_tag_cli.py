@@ -174,3 +174,94 @@ def test_hub_download_from_loopback_server(tmp_path):
         assert second.returncode == 0, second.stderr
         assert hub.gets.get("model.onnx") == 1  # served from the cache the second time
     assert list((tmp_path / "hf").rglob("model.onnx"))
+
+
+def test_sidecar_same_stem_is_named_not_overwritten(tmp_path, dd_model):
+    """a.png and a.jpg would both write a.txt: the first in path order (a.jpg) is captioned, a.png named."""
+    model, _ = dd_model
+    folder = tmp_path / "set with space"
+    folder.mkdir()
+    picture(folder / "a.png", seed=1)
+    picture(folder / "a.jpg", seed=2)
+    picture(folder / "b.png", seed=3)
+    r = run("tag", folder, "--model", model, "--sidecar", "-q", "--threshold", "0")
+    assert r.exit_code == 1
+    assert "a.jpg" in r.stderr and "a.txt" in r.stderr and "a.png" in r.stderr
+    assert sorted(p.name for p in folder.glob("*.txt")) == ["a.txt", "b.txt"]
+    one = run("tag", folder / "a.jpg", "--model", model, "--threshold", "0").stdout.strip()
+    assert (folder / "a.txt").read_text(encoding="utf-8").strip() == one
+
+
+def test_caption_extension_without_dot_and_unwritable_outputs(tmp_path, dd_model):
+    model, _ = dd_model
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", model, "--sidecar", "--caption-extension", "caption")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "a.caption").is_file()
+    r = run("tag", img, "--model", model, "--sidecar", "--caption-extension", "a/b")
+    assert r.exit_code == 2 and "--caption-extension" in r.output
+    # a folder where the caption file should go: that image fails, in one sentence, no traceback
+    (tmp_path / "b.txt").mkdir()
+    picture(tmp_path / "b.png")
+    r = run("tag", tmp_path / "b.png", img, "--model", model, "--sidecar")
+    assert r.exit_code == 1 and "b.txt" in r.stderr and "Traceback" not in r.output
+    assert (tmp_path / "a.txt").is_file()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("tag", img, "--model", model, "-o", blocker / "out.json")
+    assert r.exit_code == 2 and "out.json" in r.output and "Traceback" not in r.output
+    r = run("tag", img, "--model", model, "--failures", blocker / "f.jsonl")
+    assert r.exit_code == 2 and "f.jsonl" in r.output
+
+
+def test_folder_without_images_is_named(tmp_path, dd_model):
+    model, _ = dd_model
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    picture(empty / "sub" / "deep.png")
+    (empty / "notes.txt").write_text("x")
+    r = run("tag", empty, "--model", model)
+    assert r.exit_code == 1 and "no images" in r.stderr and "--recursive" in r.stderr
+    r = run("tag", empty, "--model", model, "-r", "-q")
+    assert r.exit_code == 0, r.output
+
+
+def test_json_output_streams_and_matches_a_list(tmp_path, dd_model):
+    model, _ = dd_model
+    paths = [picture(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    r = run("tag", *paths, "--model", model, "--format", "json", "-q")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [Path(d["path"]).name for d in data] == ["0.png", "1.png", "2.png"]
+    assert r.stdout == json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    out = tmp_path / "o" / "tags.json"
+    r = run("tag", *paths, "--model", model, "--format", "json", "-q", "-o", out)
+    assert json.loads(out.read_text(encoding="utf-8")) == data
+    r = run("tag", tmp_path / "nothing-here", "--model", model, "--format", "json", "-q")
+    assert r.exit_code == 1 and json.loads(r.stdout) == []
+    out = tmp_path / "o" / "tags.jsonl"
+    run("tag", *paths, "--model", model, "--format", "jsonl", "-q", "-o", out)
+    assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == data
+
+
+def test_model_error_mid_run_leaves_no_output(tmp_path, dd_model, monkeypatch):
+    from tagloop.tagger.base import ModelFileError
+    from tagloop.tagger.deepdanbooru import DeepDanbooruTagger
+
+    model, _ = dd_model
+    paths = [picture(tmp_path / f"{i}.png", seed=i) for i in range(4)]
+    real = DeepDanbooruTagger.predict
+    calls = []
+
+    def predict(self, batch):
+        calls.append(len(batch))
+        if len(calls) > 1:
+            raise ModelFileError("the model broke.")
+        return real(self, batch)
+
+    monkeypatch.setattr(DeepDanbooruTagger, "predict", predict)
+    out = tmp_path / "out" / "tags.jsonl"
+    r = run("tag", *paths, "--model", model, "--format", "jsonl", "-q", "-b", "2", "-o", out, "--device", "cpu",
+            "--dtype", "fp32", "--input-size", "128")
+    assert r.exit_code == 2 and "the model broke" in r.output
+    assert not out.exists() and not list(out.parent.glob("*"))

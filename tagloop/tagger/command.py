@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import textwrap
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_open, atomic_write_text
 from ..tagtext import TagPolicy
 from .result import TagResult
 from .threshold import DEFAULT_BANDS, format_bands, parse_bands
@@ -162,6 +165,41 @@ def user_errors(f: Callable) -> Callable:
     return wrapper
 
 
+def caption_extension(value: str) -> str:
+    """``txt`` or ``.txt`` -> ``.txt``; anything that is not a file extension is a usage error."""
+    ext = str(value).strip()
+    if ext and not ext.startswith("."):
+        ext = "." + ext
+    try:
+        Path("image").with_suffix(ext)
+        ok = len(ext) > 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise click.BadParameter(f"{value!r} is not a file extension such as .txt or .caption.", param_hint="'--caption-extension'")
+    return ext
+
+
+def sidecar_collisions(files: list[Path], ext: str) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Images whose caption file another image already claims (``a.png`` and ``a.jpg`` -> ``a.txt``).
+
+    Returns ``(kept, problems)``: the first image (in the given order) keeps the caption; each
+    later one is a problem naming both, so no caption is silently overwritten.
+    """
+    owner: dict[str, Path] = {}
+    kept: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for f in files:
+        cap = f.with_suffix(ext)
+        key = os.path.normcase(os.path.abspath(cap))
+        first = owner.setdefault(key, f)
+        if first is f:
+            kept.append(f)
+        else:
+            problems.append((str(f), f"its caption {cap.name} is already written for {first.name}; rename one of the two images"))
+    return kept, problems
+
+
 def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: bool, character_first: bool) -> str:
     tags = list(result.tags)
     if character_first:
@@ -182,7 +220,8 @@ def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: 
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl"]), default="text", show_default=True,
               help="text: caption per image (PATH<TAB>caption when several); json: an object (a list for several); jsonl: one object a line.")
 @click.option("--sidecar", is_flag=True, default=False, help="Write a kohya-style caption file (IMAGE_STEM.txt) next to each image.")
-@click.option("--caption-extension", default=".txt", show_default=True, help="Extension of sidecar caption files.")
+@click.option("--caption-extension", default=".txt", show_default=True, callback=lambda ctx, param, value: caption_extension(value),
+              help="Extension of sidecar caption files (`.txt`, `.caption`; the dot is optional).")
 @click.option("--skip-existing", is_flag=True, default=False, help="With --sidecar: leave images that already have a caption file alone.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (atomically) instead of stdout.")
 @click.option("--failures", type=click.Path(dir_okay=False), default=None,
@@ -220,6 +259,9 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
         files = kept
         if skipped and not quiet:
             click.echo(f"tagloop: skipped {skipped} image(s) that already have a caption file", err=True)
+    if sidecar:
+        files, clashes = sidecar_collisions(files, caption_extension)
+        problems.extend(clashes)
     failed_records: list[dict] = []
     for p, why in problems:
         click.echo(f"tagloop: {p}: {why}", err=True)
@@ -229,15 +271,21 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
     tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
 
     single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
-    results_json: list[dict] = []
-    text_lines: list[str] = []
-    to_stdout = output is None
+    n_json = 0
     progress = None
-    if not quiet and len(files) > 1:
-        from tqdm.auto import tqdm
+    with ExitStack() as stack:
+        # results stream to stdout or to a temp file renamed over --output at the end: memory stays
+        # flat on huge folders, and a run that stops half-way leaves no half-written file
+        out = _open_output(stack, output, "--output") if output else None
+        failures_file = _open_output(stack, failures, "--failures") if failures else None
 
-        progress = tqdm(total=len(files), unit="img", desc="tagging", file=sys.stderr, disable=None)
-    try:
+        def emit(text: str) -> None:
+            click.echo(text, file=out)
+
+        if not quiet and len(files) > 1:
+            from tqdm.auto import tqdm
+
+            progress = stack.enter_context(tqdm(total=len(files), unit="img", desc="tagging", file=sys.stderr, disable=None))
         for result in tag_files(tagger, files, options):
             if progress is not None:
                 progress.update(1)
@@ -249,38 +297,42 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
                 result = blocklist(result)
             if sidecar:
                 text = caption(result, policy, show_scores, include_rating, character_first)
-                atomic_write_text(Path(result.path).with_suffix(caption_extension), text + "\n")
+                target = Path(result.path).with_suffix(caption_extension)
+                try:
+                    atomic_write_text(target, text + "\n")
+                except OSError as e:
+                    why = f"cannot write its caption {target} ({e.strerror or e})"
+                    failed_records.append({"path": result.path, "error": why})
+                    click.echo(f"tagloop: {result.path}: {why}", err=True)
+                    continue
             if fmt == "jsonl":
-                line = json.dumps(result.to_json(), ensure_ascii=False)
-                if to_stdout:
-                    click.echo(line)
-                else:
-                    text_lines.append(line)
+                emit(json.dumps(result.to_json(), ensure_ascii=False))
             elif fmt == "json":
-                results_json.append(result.to_json())
-            elif not sidecar or not to_stdout:
+                obj = json.dumps(result.to_json(), ensure_ascii=False, indent=2)
+                if single:  # one image, one object (written when it comes)
+                    emit(obj)
+                else:  # byte for byte what json.dumps(list, indent=2) gives, one item at a time
+                    click.echo(("[\n" if n_json == 0 else ",\n") + textwrap.indent(obj, "  "), file=out, nl=False)
+                n_json += 1
+            elif not sidecar or out is not None:
                 text = caption(result, policy, show_scores, include_rating, character_first)
-                line = text if single else f"{result.path}\t{text}"
-                if to_stdout:
-                    click.echo(line)
-                else:
-                    text_lines.append(line)
-    finally:
-        if progress is not None:
-            progress.close()
-    if fmt == "json":
-        payload = json.dumps(results_json[0] if single and results_json else results_json, ensure_ascii=False, indent=2)
-        if to_stdout:
-            click.echo(payload)
-        else:
-            atomic_write_text(output, payload + "\n")
-    elif not to_stdout:
-        atomic_write_text(output, "".join(line + "\n" for line in text_lines))
-    if failures:
-        atomic_write_text(failures, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed_records))
+                emit(text if single else f"{result.path}\t{text}")
+        if fmt == "json" and not (single and n_json):
+            emit("\n]" if n_json else "[]")
+        if failures_file is not None:
+            for record in failed_records:
+                failures_file.write(json.dumps(record, ensure_ascii=False) + "\n")
     if failed_records:
         click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)
+
+
+def _open_output(stack: ExitStack, path: str, option: str):
+    """An :func:`atomic_open` file for ``option``; a path that cannot be written is a usage error."""
+    try:
+        return stack.enter_context(atomic_open(path))
+    except OSError as e:
+        raise click.BadParameter(f"cannot write {path} ({e.strerror or e}).", param_hint=f"'{option}'") from None
 
 
 def _load_filters(filter_files) -> Callable[[TagResult], TagResult] | None:
