@@ -228,6 +228,15 @@ def test_force_keep_beats_style_and_overlap():
         ("solo", "solo_focus", False),
         ("long_hair", "long_hair", False),
         ("^_^", "^_^_face", False),               # kaomoji
+        ("bow", "bowtie", False),                 # one word: a bowtie is not a bow tag
+        ("bow", "hair_bow", True),
+        # the last word names the thing; earlier words only qualify it
+        ("hair", "hair_ornament", False),
+        ("hair", "hair_between_eyes", False),
+        ("cat", "cat_ears", False),               # a cat and a girl with cat ears are different pictures
+        ("animal", "animal_ears", False),
+        ("heart", "heart_hands", False),
+        ("ears", "cat_ears", True),
     ],
 )
 def test_overlap_rule(short, long, expected):

@@ -2,11 +2,13 @@
 
 Rule (Danbooru names in canonical form, words split on ``_``):
 
-A general tag ``A`` is dropped when another present general tag ``B`` contains ``A``'s words as a
-contiguous word sequence and has more words, e.g. ``long_hair`` in ``very_long_hair``, ``hair`` in
-``long_hair``, ``ribbon`` in ``hair_ribbon``, ``thighhighs`` in ``white_thighhighs``. Words are
-whole words (``hair`` is not in ``hairband``). Exceptions, because there the longer tag does not
-imply the shorter one:
+A general tag ``A`` is dropped when another present general tag ``B`` ends with ``A``'s words and
+has more words, e.g. ``long_hair`` in ``very_long_hair``, ``hair`` in ``long_hair``, ``ribbon`` in
+``hair_ribbon``, ``thighhighs`` in ``white_thighhighs``. Words are whole words (``hair`` is not in
+``hairband``, ``bow`` not in ``bowtie``). In an English compound the last word names the thing and
+the earlier ones qualify it, so only a trailing match is an implication: ``hair_ornament`` is an
+ornament and keeps ``hair``, ``cat_ears`` keeps ``cat`` (a cat in the picture), ``heart_hands``
+keeps ``heart``. Exceptions, because there the longer tag does not imply the shorter one:
 
 - a parenthesised qualifier disambiguates, it does not specialise: ``bow`` and ``bow_(weapon)``
   are different things, so qualifiers are not words; when ``A`` has a qualifier ``B`` must carry
@@ -44,9 +46,8 @@ def _words(tag: str) -> tuple[tuple[str, ...], str | None]:
     return tuple(w for w in key.split("_") if w), qualifier
 
 
-def _contains(seq: tuple[str, ...], sub: tuple[str, ...]) -> bool:
-    n = len(sub)
-    return any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
+def _ends_with(seq: tuple[str, ...], sub: tuple[str, ...]) -> bool:
+    return len(seq) >= len(sub) and seq[len(seq) - len(sub) :] == sub
 
 
 def implied_by(short: str, long: str) -> bool:
@@ -63,7 +64,7 @@ def implied_by(short: str, long: str) -> bool:
         return False
     if lw[-1] in NON_IMPLYING_LAST_WORDS and lw[-1] not in sw:
         return False
-    return _contains(lw, sw)
+    return _ends_with(lw, sw)
 
 
 def drop_overlapping_tags(tags: Sequence[TagScore], log: FilterLog | None = None, force_keep=None) -> list[TagScore]:
