@@ -143,3 +143,42 @@ def test_family_defaults_follow_the_seeds():
     assert FAMILY_DEFAULTS["sd1"].sampler == "DPM++ 2M Karras" and FAMILY_DEFAULTS["sd1"].steps == 20
     assert (FAMILY_DEFAULTS["sd1"].width, FAMILY_DEFAULTS["sdxl"].width, FAMILY_DEFAULTS["sd3"].width) == (512, 1024, 1024)
     assert torch.cuda.OutOfMemoryError is not None
+
+
+def _denoiser_calls(g: Generator, s: GenerationSettings) -> int:
+    loaded = g.load()
+    calls = []
+    handle = loaded.denoiser.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        g.generate(s)
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd3"])
+@pytest.mark.parametrize(
+    "steps, hires_steps, denoise, second_pass",
+    [
+        (2, 0, 0.5, 2),  # A1111: Hires steps 0 = as many steps as the first pass, on a stretched schedule
+        (2, 3, 0.7, 3),  # exactly Hires steps (int(3/0.7)=4 steps scheduled, int(4*0.7) would run 2)
+        (3, 2, 0.35, 2),
+    ],
+)
+def test_hires_second_pass_runs_a1111_step_count(models, family, steps, hires_steps, denoise, second_pass):
+    g = gen(models[family])
+    s = GenerationSettings(prompt="cat", seed=1, steps=steps, width=64, height=64, sampler="Euler",
+                           hires_scale=1.25, hires_steps=hires_steps, hires_denoise=denoise)
+    assert _denoiser_calls(g, s) == steps + second_pass
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd3"])
+@pytest.mark.parametrize("steps, denoise, runs", [(4, 0.5, 3), (4, 1.0, 4), (5, 0.3, 2), (10, 0.75, 8)])
+def test_img2img_runs_a1111_step_count(models, family, steps, denoise, runs):
+    from PIL import Image
+
+    # A1111 (img2img_fix_steps off): int(min(denoise, 0.999) * steps) + 1 steps of a `steps` schedule
+    g = gen(models[family])
+    s = GenerationSettings(prompt="cat", seed=1, steps=steps, width=64, height=64, sampler="Euler",
+                           init_image=Image.new("RGB", (64, 64), "gray"), denoising_strength=denoise)
+    assert _denoiser_calls(g, s) == runs

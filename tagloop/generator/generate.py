@@ -540,7 +540,8 @@ class Generator:
             img2img = loaded.img2img_pipe()
             img2img.scheduler = scheduler
             src = init.convert("RGB").resize((s.width, s.height), Image.LANCZOS)
-            out = img2img(image=[src] * len(batch), strength=s.denoising_strength, num_inference_steps=s.steps, **common)
+            steps, strength = img2img_schedule(s.steps, s.denoising_strength, self.family)
+            out = img2img(image=[src] * len(batch), strength=strength, num_inference_steps=steps, **common)
             return list(out.images)
         pipe.scheduler = scheduler
         if not s.hires:
@@ -565,13 +566,12 @@ class Generator:
             image = torch.nn.functional.interpolate(first.images, size=(h2 // f, w2 // f), mode="bilinear", antialias=False)
         else:
             image = [im.resize((w2, h2), Image.LANCZOS) for im in first.images]
-        # A1111 runs exactly `Hires steps` denoising steps of a schedule stretched by 1/denoise.
-        d = min(s.hires_denoise, 0.999)
-        steps = int(s.hires_steps / d) if s.hires_steps else s.steps
+        # A1111 runs exactly `Hires steps` (0: the first pass's steps) of a schedule stretched by 1/denoise.
+        steps, strength = img2img_schedule(s.steps, s.hires_denoise, self.family, requested=s.hires_steps or s.steps)
         second_sched, _ = make_scheduler(s.sampler, s.schedule_type, loaded.scheduler_config, self.family, version=s.version)
         img2img = loaded.img2img_pipe()
         img2img.scheduler = second_sched
-        out = img2img(image=image, strength=s.hires_denoise, num_inference_steps=steps, **common)
+        out = img2img(image=image, strength=strength, num_inference_steps=steps, **common)
         return list(out.images)
 
     def _conditioning(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job]) -> dict:
@@ -691,6 +691,25 @@ class Generator:
             out.mkdir(parents=True, exist_ok=True)
             path = save_png(image, next_image_path(out, job.seed), infotext)
         return GeneratedImage(path, job.seed, infotext, image, job.positive, job.negative)
+
+
+def img2img_schedule(steps: int, denoise: float, family: str, requested: int | None = None) -> tuple[int, float]:
+    """``(num_inference_steps, strength)`` for diffusers' img2img so it runs A1111's steps.
+
+    A1111 (``setup_img2img_steps``): img2img runs ``int(min(denoise, 0.999) * steps) + 1`` steps of a
+    ``steps`` schedule; with ``requested`` (the hires pass), exactly ``requested`` steps of a schedule of
+    ``int(requested / min(denoise, 0.999))``; either way the last steps of the schedule. diffusers runs
+    ``int(total * strength)`` steps (SD1/SDXL) or starts at ``int(total - total * strength)`` (SD3), so
+    the strength passed is nudged half a step to land on A1111's count whatever the float rounding.
+    """
+    d = min(denoise, 0.999)
+    if requested is None:
+        total, run = steps, int(d * steps) + 1
+    else:
+        total, run = max(1, int(requested / d)), requested
+    run = max(1, min(run, total))
+    strength = (run - 0.5) / total if family == "sd3" else (run + 0.5) / total
+    return total, min(1.0, strength)
 
 
 def _compute_dtype(options: LoadOptions):
