@@ -242,3 +242,25 @@ def test_settings_validation():
         PromptSettings(weights=("tag=heavy",))
     with pytest.raises(ValueError, match="max_tags"):
         PromptSettings(max_tags=0)
+
+
+def test_preset_file_lora_tables_are_checked(tmp_path):
+    bad_weight = tmp_path / "w.toml"
+    bad_weight.write_text('[[loras]]\nname = "mystyle"\nweight = "strong"\n', encoding="utf-8")
+    with pytest.raises(PresetError, match="weight"):
+        compose_prompt(R(("smile", 0.9)), PromptSettings(preset=str(bad_weight)))
+    bad_name = tmp_path / "n.toml"
+    bad_name.write_text('[[loras]]\nname = "my>style"\n', encoding="utf-8")  # would write <lora:my>style:1>
+    with pytest.raises(PresetError, match="my>style"):
+        compose_prompt(R(("smile", 0.9)), PromptSettings(preset=str(bad_name)))
+    good = tmp_path / "g.toml"
+    good.write_text('[[loras]]\nname = "mystyle"\nweight = 0.7\ntriggers = "mystyle look"\n', encoding="utf-8")
+    c = compose_prompt(R(("smile", 0.9)), PromptSettings(preset=str(good)))
+    assert c.positive.endswith("mystyle look, smile, <lora:mystyle:0.7>")
+
+
+def test_preset_category_order_is_case_insensitive(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('quality = []\ncategory_order = ["Character"]\n', encoding="utf-8")
+    c = compose_prompt(R(("smile", 0.9), ("hatsune_miku", 0.5, "character")), PromptSettings(preset=str(preset)))
+    assert c.positive == "hatsune miku, smile"

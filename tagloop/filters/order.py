@@ -53,8 +53,10 @@ def order_tags(
         if p in by_key and p not in pinned_keys:
             pinned_keys.append(p)
     rest = [(i, t) for i, t in indexed if canonical(t.name) not in pinned_keys]
-    cat_rank = {c: r for r, c in enumerate(category_order)}
-    rest.sort(key=lambda it: (cat_rank.get(it[1].category, len(cat_rank)), -it[1].score, it[0]))
+    cat_rank: dict[str, int] = {}
+    for r, c in enumerate(category_order):
+        cat_rank.setdefault(canonical(c), r)
+    rest.sort(key=lambda it: (cat_rank.get(canonical(str(it[1].category)), len(cat_rank)), -it[1].score, it[0]))
     return [by_key[k][1] for k in pinned_keys] + [t for _, t in rest]
 
 

@@ -136,8 +136,14 @@ def _parse_preset(name: str, data: dict[str, Any], path: Any, base: PromptPreset
                     except ValueError as e:
                         raise PresetError(f"{where}: {e}", path) from None
                 elif isinstance(item, dict) and isinstance(item.get("name"), str):
+                    name = item["name"].strip()
+                    if not re.fullmatch(r"[^<>:,]+", name):
+                        raise PresetError(f"{where}: LoRA name {item['name']!r} must be a file name without `<>:,`.", path)
+                    weight = item.get("weight", 1.0)
+                    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                        raise PresetError(f"{where}: LoRA `{name}`: weight {weight!r} is not a number.", path)
                     trig = _as_list(item.get("triggers", []), "loras.triggers", where, path)
-                    loras.append(LoraSpec(item["name"], float(item.get("weight", 1.0)), trig))
+                    loras.append(LoraSpec(name, float(weight), trig))
                 else:
                     raise PresetError(f"{where}: each LoRA needs a `name`.", path)
             values[key] = tuple(loras)
