@@ -74,7 +74,7 @@ def _key(name: str) -> str:
 def build_default_map(group: click.Group, ctx: click.Context, path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Validate ``data`` against the group's commands and return click's ``default_map``."""
     commands = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
-    params = {name: {p.name: p for p in cmd.params if p.name} for name, cmd in commands.items() if cmd is not None}
+    params = {name: _param_keys(cmd) for name, cmd in commands.items() if cmd is not None}
     by_key = {_key(name): name for name in params}
     top = {k: v for k, v in data.items() if not isinstance(v, dict) or _key(k) not in by_key}
     tables = {by_key[_key(k)]: v for k, v in data.items() if isinstance(v, dict) and _key(k) in by_key}
@@ -92,6 +92,7 @@ def build_default_map(group: click.Group, ctx: click.Context, path: Path, data: 
             if _key(k) not in cmd_params:
                 raise ConfigError(f"{path}: [{cmd_name}] has unknown key {k!r}.")
             values[_key(k)] = v
+        by_name: dict[str, Any] = {}
         for k, v in values.items():
             param = cmd_params[k]
             try:
@@ -101,6 +102,21 @@ def build_default_map(group: click.Group, ctx: click.Context, path: Path, data: 
             except click.BadParameter as e:
                 where = f"[{cmd_name}] {k}" if cmd_name in tables and k in map(_key, tables[cmd_name]) else k
                 raise ConfigError(f"{path}: {where} = {v!r}: {e.message}") from None
-        if values:
-            out[cmd_name] = values
+            by_name[param.name] = v  # click's default_map is keyed by the parameter's name
+        if by_name:
+            out[cmd_name] = by_name
     return out
+
+
+def _param_keys(cmd: click.Command) -> dict[str, click.Parameter]:
+    """Config keys of a command's parameters: the long option names users type (``format`` for
+    ``--format``, even where the Python name is ``fmt``), and the parameter names themselves."""
+    keys: dict[str, click.Parameter] = {}
+    for param in cmd.params:
+        if not param.name:
+            continue
+        keys.setdefault(_key(param.name), param)
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--"):
+                keys.setdefault(_key(opt[2:]), param)
+    return keys

@@ -76,3 +76,31 @@ def test_config_fills_defaults_and_cli_overrides(tmp_path, monkeypatch):
 def test_version():
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and "tagloop" in r.output
+
+
+def test_config_keys_are_the_option_names(tmp_path):
+    """`--format` stores into `fmt`, `--filters` into `filter_files`: the file uses the names users type."""
+    seen = {}
+
+    @main.command("echo-aliases")
+    @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+    @click.option("--filters", "filter_files", multiple=True)
+    def echo_aliases(fmt, filter_files):
+        seen.update(fmt=fmt, filters=filter_files)
+
+    try:
+        p = _config(tmp_path, '[echo-aliases]\nformat = "json"\nfilters = ["a.txt", "b.txt"]\n')
+        r = CliRunner().invoke(main, ["--config", str(p), "echo-aliases"])
+        assert r.exit_code == 0, r.output
+        assert seen == {"fmt": "json", "filters": ("a.txt", "b.txt")}
+        p = _config(tmp_path, '[echo-aliases]\nformat = "xml"\n')
+        r = CliRunner().invoke(main, ["--config", str(p), "echo-aliases"])
+        assert r.exit_code == 2 and "format" in r.output and "xml" in r.output
+    finally:
+        main.commands.pop("echo-aliases")
+
+
+def test_config_tag_format_and_scores(tmp_path):
+    p = _config(tmp_path, '[tag]\nformat = "jsonl"\nscores = true\ncaption_extension = "caption"\n')
+    r = CliRunner().invoke(main, ["--config", str(p), "tag", "--help"])
+    assert r.exit_code == 0, r.output
