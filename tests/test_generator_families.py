@@ -182,3 +182,15 @@ def test_img2img_runs_a1111_step_count(models, family, steps, denoise, runs):
     s = GenerationSettings(prompt="cat", seed=1, steps=steps, width=64, height=64, sampler="Euler",
                            init_image=Image.new("RGB", (64, 64), "gray"), denoising_strength=denoise)
     assert _denoiser_calls(g, s) == runs
+
+
+def test_sdxl_clip_skip_is_ignored_as_a1111_does(models):
+    # A1111 encodes SDXL with both encoders' penultimate layer whatever "Clip skip" says (Pony and
+    # Illustrious infotexts often carry "Clip skip: 2"), so such an infotext must give the same image.
+    said: list[str] = []
+    g = gen(models["sdxl"], notice=said.append)
+    one = g.generate(GenerationSettings(prompt="1girl, smile", seed=3, clip_skip=1, **FAST))[0]
+    two = g.generate(GenerationSettings(prompt="1girl, smile", seed=3, clip_skip=2, **FAST))[0]
+    assert np.array_equal(arr(one.image), arr(two.image))
+    assert "Clip skip: 2" in two.infotext
+    assert any("Clip skip" in m and "SDXL" in m for m in said)

@@ -49,7 +49,7 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Images per prompt per batch (A1111 batch size).")
 @click.option("--batch-count", type=int, default=1, show_default=True, help="Batches per prompt (A1111 batch count).")
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Images per forward pass when packing several prompts/batches together.")
-@click.option("--clip-skip", type=int, default=1, show_default=True, help="A1111 clip skip: 1 = last layer, 2 = penultimate (anime models).")
+@click.option("--clip-skip", type=int, default=1, show_default=True, help="A1111 clip skip: 1 = last layer, 2 = penultimate (anime SD1.x models); SDXL ignores it, as in A1111.")
 @click.option("--vae", default=None, help="VAE file or folder (or a name in models/VAE).")
 @click.option("--lora-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of LoRA files for <lora:NAME:WEIGHT> (repeatable).")
 @click.option("--embeddings-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of textual-inversion embeddings (used by file name).")

@@ -591,12 +591,16 @@ class Generator:
         dtype = loaded.denoiser.dtype if self.options.storage_dtype is None else _compute_dtype(self.options)
         cache: dict[str, Any] = {}
 
+        if self.family == "sdxl" and s.clip_skip > 1:
+            self._say(f"A1111 ignores Clip skip on SDXL (both text encoders use their penultimate layer); "
+                      f"Clip skip {s.clip_skip} is recorded but does not change the image.")
+
         def enc(text: str):
             if text not in cache:
                 if self.family == "sdxl":
                     cache[text] = encode_prompt_sdxl(
                         [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
-                        clip_skip=s.clip_skip, emphasis=s.emphasis, device=device, dtype=dtype, pad_to_chunks=chunks,
+                        clip_skip=1, emphasis=s.emphasis, device=device, dtype=dtype, pad_to_chunks=chunks,
                     )
                 else:
                     cache[text] = encode_prompt_a1111(
