@@ -265,3 +265,16 @@ def test_model_error_mid_run_leaves_no_output(tmp_path, dd_model, monkeypatch):
             "--dtype", "fp32", "--input-size", "128")
     assert r.exit_code == 2 and "the model broke" in r.output
     assert not out.exists() and not list(out.parent.glob("*"))
+
+
+def test_max_tags_counts_the_tags_left_after_filters(tmp_path, dd_model):
+    model, _ = dd_model
+    img = picture(tmp_path / "a.png")
+    every = json.loads(run("tag", img, "--model", model, "--threshold", "0", "--format", "json").stdout)["tags"]
+    blocked = every[0]["name"]
+    blocklist = tmp_path / "filter.txt"
+    blocklist.write_text(blocked + "\n", encoding="utf-8")
+    r = run("tag", img, "--model", model, "--threshold", "0", "--format", "json", "--filters", blocklist, "--max-tags", "3")
+    assert r.exit_code == 0, r.output
+    names = [t["name"] for t in json.loads(r.stdout)["tags"]]
+    assert names == [t["name"] for t in every[1:4]]

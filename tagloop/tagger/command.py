@@ -269,6 +269,9 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
     blocklist = _load_filters(filter_files)
     policy = TagPolicy(use_spaces=not underscores, escape=not no_escape)
     tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
+    max_tags = options.max_tags
+    if blocklist is not None:
+        options.max_tags = None  # --max-tags counts the tags the filters leave, so it applies after them
 
     single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
     n_json = 0
@@ -295,6 +298,8 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
                 continue
             if blocklist is not None:
                 result = blocklist(result)
+                if max_tags is not None:
+                    result.tags = result.tags[:max_tags]
             if sidecar:
                 text = caption(result, policy, show_scores, include_rating, character_first)
                 target = Path(result.path).with_suffix(caption_extension)
