@@ -278,3 +278,18 @@ def test_max_tags_counts_the_tags_left_after_filters(tmp_path, dd_model):
     assert r.exit_code == 0, r.output
     names = [t["name"] for t in json.loads(r.stdout)["tags"]]
     assert names == [t["name"] for t in every[1:4]]
+
+
+def test_pickled_checkpoints_are_named_by_their_keys(tmp_path):
+    """An SD .ckpt (a pickle) passed as a tagger is named as one, read without unpickling it."""
+    import torch
+
+    img = picture(tmp_path / "a.png")
+    ckpt = tmp_path / "v1-5-pruned-emaonly.ckpt"
+    torch.save({"global_step": 1, "state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}}, ckpt)
+    r = run("tag", img, "--model", ckpt)
+    assert r.exit_code == 2 and "Stable Diffusion checkpoint" in r.output
+    lora = tmp_path / "style.pt"
+    torch.save({"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(2)}, lora)
+    r = run("tag", img, "--model", lora)
+    assert r.exit_code == 2 and "LoRA" in r.output

@@ -33,6 +33,31 @@ def safetensors_keys(path: Path, limit: int = 100_000_000) -> list[str] | None:
     return [k for k in header if k != "__metadata__"]
 
 
+_PICKLE_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING"})
+
+
+def torch_pickle_strings(path: Path, limit: int = 64 * 1024 * 1024) -> list[str] | None:
+    """The string constants (dict keys among them) of a zip-format torch file's ``data.pkl``.
+
+    The pickle is only disassembled with :mod:`pickletools`, never executed. None when ``path`` is
+    not a zip-format torch file or its pickle cannot be read.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as zf:
+            info = next((i for i in zf.infolist() if i.filename.endswith("data.pkl")), None)
+            if info is None or info.file_size > limit:
+                return None
+            blob = zf.read(info)
+        return [str(arg) for op, arg, _ in pickletools.genops(blob) if op.name in _PICKLE_STRING_OPS]
+    except Exception:  # a broken archive or pickle: nothing to say about its keys
+        return None
+
+
 def classify_keys(keys: list[str]) -> str | None:
     """What a set of state-dict keys belongs to, in words, or None if unknown."""
     ks = set(keys)
@@ -83,7 +108,8 @@ def describe_foreign_file(path: Path) -> str:
                 what = name
                 break
         if head.startswith(b"PK\x03\x04") and path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin"):
-            what = "a PyTorch checkpoint without DeepDanbooru's n_Conv_* keys"
+            strings = torch_pickle_strings(path)
+            what = (classify_keys(strings) if strings else None) or "a PyTorch checkpoint without DeepDanbooru's n_Conv_* keys"
     if what is None:
         what = "not a model file tagloop recognises"
     return f"{path} is {what}, not a tagger; {known}."
