@@ -309,3 +309,25 @@ def test_prompt_json_accepts_both_field_names(tmp_path):
     assert read_prompt_json(f, negative="n") == [("a", "b"), ("c", "d"), ("e", "n")]
     f.write_text('{"positive": "x", "negative": "y"}\n')
     assert read_prompt_json(f) == [("x", "y")]
+
+
+def test_infotext_with_explicit_options_and_img2img_denoise(sd1, tmp_path):
+    from PIL import Image
+
+    from tagloop.generator.infotext import read_image_metadata
+
+    src = tmp_path / "src.png"
+    Image.new("RGB", (64, 64), "gray").save(src)
+    info = tmp_path / "info.txt"
+    info.write_text("cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Denoising strength: 0.3, Version: v1.10.1\n")
+    base = ["--model", str(sd1["ckpt"]), "--config-dir", str(sd1["config"]), "--device", "cpu", "-q", "--infotext", str(info)]
+    # an A1111 img2img infotext keeps its Denoising strength (not --denoise's default)
+    res = CliRunner().invoke(generate_command, base + ["--init-image", str(src), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "Denoising strength: 0.3," in read_image_metadata(tmp_path / "a" / "00000-5.png").infotext
+    # options given on the command line win over the infotext, hires ones included
+    res = CliRunner().invoke(generate_command, base + ["--hires-scale", "1.25", "--hires-denoise", "0.6", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "b" / "00000-5.png") as im:
+        assert im.size == (80, 80)
+        assert "Denoising strength: 0.6, Hires upscale: 1.25" in im.info["parameters"]

@@ -134,12 +134,14 @@ def generate_command(ctx: click.Context, **opts) -> None:
             overrides = {}
             for opt, field in (("prompt", "prompt"), ("negative", "negative_prompt"), ("sampler", "sampler"),
                                ("schedule_type", "schedule_type"), ("steps", "steps"), ("cfg", "cfg_scale"),
-                               ("seed", "seed"), ("clip_skip", "clip_skip")):
+                               ("seed", "seed"), ("clip_skip", "clip_skip"), ("denoise", "denoising_strength"),
+                               ("hires_scale", "hires_scale"), ("hires_steps", "hires_steps"),
+                               ("hires_denoise", "hires_denoise"), ("hires_upscaler", "hires_upscaler")):
                 if _explicit(ctx, opt):
                     overrides[field] = getattr(settings, field)
             if size:
                 overrides.update(width=size[0], height=size[1])
-            for field in ("batch_size", "batch_count", "max_batch", "init_image", "denoising_strength", "out_dir"):
+            for field in ("batch_size", "batch_count", "max_batch", "init_image", "out_dir"):
                 overrides[field] = getattr(settings, field)
             settings = replace(from_info, **overrides)
         if opts["prompt_file"]:

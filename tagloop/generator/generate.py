@@ -323,6 +323,7 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         hires_scale=hires,
         hires_steps=num("Hires steps", int) or 0,
         hires_denoise=num("Denoising strength", float) or 0.5 if hires else s.hires_denoise,
+        denoising_strength=s.denoising_strength if hires else (num("Denoising strength", float) or s.denoising_strength),
         hires_upscaler="lanczos" if upscaler.startswith("lanczos") else "latent",
         emphasis=str(params.get("Emphasis") or "Original"),
         # (sampler, schedule) above are already in 1.9+ terms; keeping the old version would apply
