@@ -264,3 +264,14 @@ def test_preset_category_order_is_case_insensitive(tmp_path):
     preset.write_text('quality = []\ncategory_order = ["Character"]\n', encoding="utf-8")
     c = compose_prompt(R(("smile", 0.9), ("hatsune_miku", 0.5, "character")), PromptSettings(preset=str(preset)))
     assert c.positive == "hatsune miku, smile"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_weights_must_be_finite(value):
+    """`(tag:nan)` or `<lora:x:inf>` would reach the prompt parser as text or break the generation."""
+    with pytest.raises(ValueError, match="weight"):
+        PromptSettings(weights=(f"smile={value}",))
+    with pytest.raises(ValueError, match="weight"):
+        PromptSettings(loras=(f"mystyle:{value}",))
+    with pytest.raises(ValueError, match="emphasis_range"):
+        PromptSettings(emphasis_range=(0.8, float(value)))

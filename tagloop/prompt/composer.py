@@ -28,6 +28,7 @@ recorded. If the protected parts alone exceed the budget a warning says so.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -98,14 +99,17 @@ class PromptSettings(FilterSettings):
                     raise ValueError(f"weight {w!r}: write `tag=1.2`.")
                 w = (tag, value)
             try:
-                weights.append((canonical(w[0]), float(w[1])))
+                value = float(w[1])
             except (TypeError, ValueError):
-                raise ValueError(f"weight {w!r}: the weight must be a number, e.g. `detailed eyes=1.2`.") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"weight {w!r}: the weight must be a finite number, e.g. `detailed eyes=1.2`.")
+            weights.append((canonical(w[0]), value))
         object.__setattr__(self, "weights", tuple(weights))
         if self.emphasis is not None and self.emphasis not in EMPHASIS_MODES:
             raise ValueError(f"`emphasis` must be one of {list(EMPHASIS_MODES)}, got {self.emphasis!r}.")
         lo, hi = self.emphasis_range
-        if not lo <= hi:
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
             raise ValueError(f"`emphasis_range` must be (low, high) with low <= high, got {self.emphasis_range!r}.")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"`budget` must be >= 0, got {self.budget}.")

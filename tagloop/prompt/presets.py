@@ -9,6 +9,7 @@ preset's keys at the top level (see the data file's header), optionally ``extend
 from __future__ import annotations
 
 import functools
+import math
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -55,6 +56,8 @@ class LoraSpec:
             w = float(weight) if weight.strip() else 1.0
         except ValueError:
             raise ValueError(f"LoRA {text!r}: weight {weight!r} is not a number.") from None
+        if not math.isfinite(w):
+            raise ValueError(f"LoRA {text!r}: weight {weight!r} is not a finite number.")
         return cls(name, w, tuple(split_tags(triggers)))
 
     def to_json(self) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def _parse_preset(name: str, data: dict[str, Any], path: Any, base: PromptPreset
                     if not re.fullmatch(r"[^<>:,]+", name):
                         raise PresetError(f"{where}: LoRA name {item['name']!r} must be a file name without `<>:,`.", path)
                     weight = item.get("weight", 1.0)
-                    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
                         raise PresetError(f"{where}: LoRA `{name}`: weight {weight!r} is not a number.", path)
                     trig = _as_list(item.get("triggers", []), "loras.triggers", where, path)
                     loras.append(LoraSpec(name, float(weight), trig))
