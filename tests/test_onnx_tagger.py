@@ -277,3 +277,21 @@ def test_logit_outputs_are_caught_and_can_be_declared(models, tmp_path):
     logits = batch.reshape(3, -1)[:, :20].astype(np.float64) - 128
     expected = 1 / (1 + np.exp(-np.clip(logits, -60, 60)))
     np.testing.assert_allclose(tagger.predict(batch), expected, atol=1e-6)
+
+
+def test_label_csv_not_utf8_or_with_bom(tmp_path):
+    from tagloop.tagger.base import ModelFileError
+    from tagloop.tagger.labels import read_selected_tags_csv
+
+    bad = tmp_path / "selected_tags.csv"
+    bad.write_bytes(b"tag_id,name,category,count\n1,caf\xe9,0,5\n")
+    with pytest.raises(ModelFileError, match="selected_tags.csv.*UTF-8"):
+        read_selected_tags_csv(bad)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("name,category\n1girl,0\nrating:safe,9\n".encode("utf-8-sig"))
+    assert read_selected_tags_csv(bom) == (["1girl", "rating:safe"], ["general", "rating"])
+    from tagloop.tagger.labels import read_tags_txt
+
+    txt = tmp_path / "tags.txt"
+    txt.write_bytes("1girl\nrating:safe\n".encode("utf-8-sig"))
+    assert read_tags_txt(txt)[0] == ["1girl", "rating:safe"]

@@ -17,7 +17,7 @@ def category_of(name: str) -> str:
 def read_tags_txt(path: Path) -> tuple[list[str], list[str]]:
     """KichangKim's ``tags.txt``: one tag per line, stripped, blank lines dropped; line = output index."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM is not part of the first tag
     except UnicodeDecodeError as e:
         raise ModelFileError(f"{path}: tag list is not UTF-8 text ({e}).") from e
     tags = [line.strip() for line in text.splitlines() if line.strip()]
@@ -27,10 +27,24 @@ def read_tags_txt(path: Path) -> tuple[list[str], list[str]]:
 
 
 def read_selected_tags_csv(path: Path) -> tuple[list[str], list[str]]:
-    """SmilingWolf's ``selected_tags.csv`` (``tag_id,name,category,count``); categories by number."""
+    """SmilingWolf's ``selected_tags.csv`` (``tag_id,name,category,count``); categories by number.
+
+    UTF-8 with or without a byte-order mark (a table saved from a spreadsheet has one).
+    """
+    try:
+        return _read_selected_tags_csv(path)
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{path}: tag table is not UTF-8 text ({e}); use the file that came with the model.") from None
+    except csv.Error as e:
+        raise ModelFileError(f"{path}: not a readable CSV table ({e}).") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the tag table ({e.strerror or e}).") from None
+
+
+def _read_selected_tags_csv(path: Path) -> tuple[list[str], list[str]]:
     tags: list[str] = []
     cats: list[str] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "name" not in reader.fieldnames:
             raise ModelFileError(f"{path}: not a selected_tags.csv (no `name` column in the header).")

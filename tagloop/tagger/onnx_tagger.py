@@ -107,7 +107,7 @@ def detect_onnx(path: Path) -> bool:
 
 
 def _csv_has_category(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
     return "category" in [h.strip() for h in header]
 
