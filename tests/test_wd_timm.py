@@ -183,3 +183,13 @@ def test_cuda_without_gpu(timm_folder):
         wt.load_wd_timm(timm_folder, LoadOptions(device="cuda"))
     with pytest.raises(GPUUnavailableError):
         wt.load_wd_timm(timm_folder, LoadOptions(device="auto", require_gpu=True))
+
+
+def test_broken_config_is_named_when_loading_the_folder(timm_folder, tmp_path):
+    from tagloop.tagger.base import load_tagger
+
+    folder = tmp_path / "badjson"
+    shutil.copytree(timm_folder, folder)
+    (folder / "config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelFileError, match=r"config.json is not valid JSON"):
+        load_tagger(folder, CPU)

@@ -92,6 +92,14 @@ def describe_foreign_file(path: Path) -> str:
     if path.is_dir():
         if (path / "model_index.json").is_file():
             return f"{path} is a diffusers Stable Diffusion folder, not a tagger; {known}."
+        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            from .base import TaggerError
+            from .wd_timm import read_timm_config
+
+            try:
+                read_timm_config(path)
+            except TaggerError as e:  # say what is wrong with the config instead of "nothing here"
+                return f"{path} holds config.json and model.safetensors but is not a WD v3 timm folder: {e}"
         return f"{path} holds no tagger model tagloop recognises; {known}."
     what = None
     keys = safetensors_keys(path)
