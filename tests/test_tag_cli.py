@@ -293,3 +293,12 @@ def test_pickled_checkpoints_are_named_by_their_keys(tmp_path):
     torch.save({"lora_unet_down_blocks_0_attentions_0.lora_down.weight": torch.zeros(2)}, lora)
     r = run("tag", img, "--model", lora)
     assert r.exit_code == 2 and "LoRA" in r.output
+
+
+def test_tensorrt_that_cannot_apply_is_said(tmp_path, dd_model):
+    model, _ = dd_model
+    img = picture(tmp_path / "a.png")
+    r = run("tag", img, "--model", model, "--tensorrt", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "--tensorrt" in r.stderr and "ignored" in r.stderr
+    assert r.stdout.strip()  # the tags still come

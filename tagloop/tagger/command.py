@@ -121,6 +121,11 @@ def build_tagger(**kw: Any):
         kw.get("model") or "", load,
         a1111_dir=kw.get("a1111_dir"), comfyui_dir=kw.get("comfyui_dir"), backend=kw.get("backend"),
     )
+    if load.tensorrt and (tagger.backend != "onnx" or not str(tagger.device).startswith("cuda")):
+        click.echo(
+            f"tagloop: --tensorrt ignored: TensorRT runs ONNX models on CUDA, and this tagger is {tagger.describe()}.",
+            err=True,
+        )
     bands = kw.get("bands") or DEFAULT_BANDS
     if isinstance(bands, str):
         bands = parse_bands(bands)
