@@ -484,6 +484,9 @@ class Generator:
         texts = [j.clean_positive for j in jobs] + [j.clean_negative for j in jobs]
         if self.family != "sd3":
             load_embeddings(loaded, find_embeddings(texts, self.embedding_dirs))
+        # One forward holds jobs with the same LoRAs and the same number of 75-token chunks: cond and
+        # uncond are padded to the longer of the two, so a short prompt batched beside a long one would
+        # otherwise get padding it does not get alone, and its infotext would not re-create it.
         groups: dict[tuple, list[_Job]] = {}
         for j in jobs:
             groups.setdefault(j.loras, []).append(j)
@@ -492,9 +495,14 @@ class Generator:
         bar = tqdm(total=len(jobs), desc="images", unit="img", file=sys.stderr, disable=not self.progress)
         try:
             with loaded.lock:
-                for loras, group in groups.items():
+                for loras, by_loras in groups.items():
                     apply_loras(loaded, loras)
-                    queue = [group[i : i + forward] for i in range(0, len(group), forward)]
+                    by_length: dict[int, list[_Job]] = {}
+                    for j in by_loras:
+                        by_length.setdefault(self._chunk_count(loaded, s, j), []).append(j)
+                    group = [j for same in by_length.values() for j in same]
+                    edges = [len(same) for same in by_length.values()]
+                    queue = _split(group, edges, forward)
                     while queue:
                         batch = queue.pop(0)
                         try:
@@ -511,8 +519,7 @@ class Generator:
                             half = max(1, len(batch) // 2)
                             self.notice(f"CUDA ran out of memory with a batch of {len(batch)}; retrying with batches of {half}.")
                             forward = half
-                            rest = [j for b in [batch] + queue for j in b]
-                            queue = [rest[i : i + forward] for i in range(0, len(rest), forward)]
+                            queue = [b[i : i + forward] for b in [batch] + queue for i in range(0, len(b), forward)]
                             continue
                         for job, image in zip(batch, images):
                             results[job.index] = self._finish(loaded, s, job, image)
@@ -520,6 +527,15 @@ class Generator:
         finally:
             bar.close()
         return [results[i] for i in sorted(results)]
+
+    def _chunk_count(self, loaded: LoadedModel, s: GenerationSettings, job: _Job) -> int:
+        """75-token chunks of a job's conditioning (the longer of prompt and negative; 0 for SD3)."""
+        if self.family == "sd3":
+            return 0
+        from .encode import count_chunks
+
+        texts = (job.clean_positive, job.clean_negative)
+        return max(count_chunks(loaded.pipe.tokenizer, expand_embeddings(t, loaded.embeddings), emphasis=s.emphasis) for t in texts)
 
     def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init) -> list:
         import torch
@@ -587,7 +603,7 @@ class Generator:
 
         pos = [expand_embeddings(j.clean_positive, loaded.embeddings) for j in batch]
         neg = [expand_embeddings(j.clean_negative, loaded.embeddings) for j in batch]
-        chunks = max(count_chunks(pipe.tokenizer, t) for t in pos + neg)
+        chunks = max(count_chunks(pipe.tokenizer, t, emphasis=s.emphasis) for t in pos + neg)
         device = getattr(pipe, "_execution_device", None) or torch.device(self.device)
         dtype = loaded.denoiser.dtype if self.options.storage_dtype is None else _compute_dtype(self.options)
         cache: dict[str, Any] = {}
@@ -715,6 +731,16 @@ def img2img_schedule(steps: int, denoise: float, family: str, requested: int | N
     run = max(1, min(run, total))
     strength = (run - 0.5) / total if family == "sd3" else (run + 0.5) / total
     return total, min(1.0, strength)
+
+
+def _split(jobs: list, sizes: list[int], forward: int) -> list[list]:
+    """``jobs`` cut into runs of ``sizes`` (jobs that may share a forward), each cut into batches of ``forward``."""
+    out, start = [], 0
+    for size in sizes:
+        run = jobs[start : start + size]
+        out += [run[i : i + forward] for i in range(0, len(run), forward)]
+        start += size
+    return out
 
 
 def _compute_dtype(options: LoadOptions):
