@@ -194,3 +194,13 @@ def test_sdxl_clip_skip_is_ignored_as_a1111_does(models):
     assert np.array_equal(arr(one.image), arr(two.image))
     assert "Clip skip: 2" in two.infotext
     assert any("Clip skip" in m and "SDXL" in m for m in said)
+
+
+def test_quiet_means_no_progress_bars_from_the_second_pass(models, capfd):
+    from tagloop.generator.models import cache_clear as clear
+
+    clear()  # the load itself must be quiet too
+    g = gen(models["sd1"])
+    g.generate(GenerationSettings(prompt="cat", seed=1, hires_scale=1.25, hires_steps=1, sampler="Euler", **FAST))
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "s/it" not in err, err

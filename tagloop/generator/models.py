@@ -16,6 +16,7 @@ pipeline; FP8 checkpoints keep fp8 storage with bf16/fp16 compute (diffusers lay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -538,6 +539,8 @@ class LoadedModel:
 
             cls = getattr(diffusers, PIPELINE_CLASSES[self.family][1])
             self.img2img = cls.from_pipe(self.pipe)
+            # from_pipe does not carry the progress-bar settings (--quiet)
+            self.img2img.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
         return self.img2img
 
 
@@ -588,10 +591,32 @@ def load_model(source: ModelSource, options: LoadOptions, progress: bool = True)
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    loaded = _load_uncached(source, options, progress)
+    with _progress_bars(progress):
+        loaded = _load_uncached(source, options, progress)
     with _CACHE_LOCK:
         _CACHE[key] = loaded
     return loaded
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """diffusers' and transformers' loading bars on or off for the duration (restored after)."""
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    before = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before[0]:
+            dlog.enable_progress_bar()
+        if before[1]:
+            tlog.enable_progress_bar()
 
 
 def _load_uncached(source: ModelSource, options: LoadOptions, progress: bool) -> LoadedModel:
