@@ -138,6 +138,16 @@ def test_clip_skip_changes_the_conditioning(sd1):
     assert "Clip skip: 2" in b.infotext and "Clip skip" not in a.infotext
 
 
+def test_clip_skip_beyond_the_text_encoder_is_one_sentence(sd1, tmp_path):
+    from tagloop.generator.generate import SettingsError
+
+    g = gen(sd1)
+    layers = g.load().pipe.text_encoder.config.num_hidden_layers
+    with pytest.raises(SettingsError, match="skips more layers"):
+        g.generate(GenerationSettings(prompt="cat", seed=1, clip_skip=layers + 1, out_dir=tmp_path / "o", **FAST))
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
 def test_vae_file_is_applied_and_recorded(sd1):
     g = gen(sd1, vae=sd1["vae"])
     base = gen(sd1)

@@ -608,6 +608,9 @@ class Generator:
         dtype = loaded.denoiser.dtype if self.options.storage_dtype is None else _compute_dtype(self.options)
         cache: dict[str, Any] = {}
 
+        layers = int(pipe.text_encoder.config.num_hidden_layers)
+        if self.family != "sdxl" and s.clip_skip > layers:
+            raise SettingsError(f"`--clip-skip` {s.clip_skip} skips more layers than this model's text encoder has ({layers}).")
         if self.family == "sdxl" and s.clip_skip > 1:
             self._say(f"A1111 ignores Clip skip on SDXL (both text encoders use their penultimate layer); "
                       f"Clip skip {s.clip_skip} is recorded but does not change the image.")
