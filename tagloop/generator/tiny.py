@@ -7,7 +7,10 @@ offline CLIP tokenizer whose vocabulary is written here. The pipelines are saved
 * as a diffusers folder (``save_pretrained``), and
 * as one A1111-style single-file checkpoint, with the original (LDM/SGM) key names that
   ``from_single_file`` reads: ``model.diffusion_model.*``, ``first_stage_model.*``,
-  ``cond_stage_model.transformer.text_model.*`` (SD1) or ``conditioner.embedders.{0,1}.*`` (SDXL).
+  ``cond_stage_model.transformer.text_model.*`` (SD1) or ``conditioner.embedders.{0,1}.*`` (SDXL);
+  SD3 as the published SD3/SD3.5 files: MMDiT ``model.diffusion_model.joint_blocks.N.*`` (fused
+  ``qkv``, original adaLN chunk order), ``first_stage_model.*`` and
+  ``text_encoders.clip_{l,g}.transformer.text_model.*`` (no T5).
 
 The diffusers -> LDM key mapping below is written from the published layout of the original
 repositories (CompVis ``ldm/modules/diffusionmodules/openaimodel.py`` UNet: ``input_blocks``,
@@ -95,10 +98,18 @@ def _tiny_vae(latent_channels: int = 4, sd3: bool = False):
     )
 
 
-def build_tiny_pipeline(family: Family = "sd1", seed: int = 0, work_dir: str | Path | None = None):
+def build_tiny_pipeline(
+    family: Family = "sd1",
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    *,
+    sd3_transformer: dict[str, Any] | None = None,
+):
     """A tiny text-to-image pipeline of ``family`` with seeded random weights (CPU, fp32).
 
-    ``work_dir`` receives the tokenizer files (a temporary folder when omitted).
+    ``work_dir`` receives the tokenizer files (a temporary folder when omitted). ``sd3_transformer``
+    overrides ``SD3Transformer2DModel`` arguments of the SD3 build, e.g. ``num_layers=2,
+    qk_norm="rms_norm", dual_attention_layers=(0,)`` for the SD3.5-medium block layout.
     """
     import tempfile
 
@@ -176,7 +187,7 @@ def build_tiny_pipeline(family: Family = "sd1", seed: int = 0, work_dir: str | P
         from transformers import CLIPTextModelWithProjection
 
         torch.manual_seed(seed)
-        transformer = SD3Transformer2DModel(
+        mmdit: dict[str, Any] = dict(
             sample_size=32,
             patch_size=1,
             in_channels=4,
@@ -188,10 +199,15 @@ def build_tiny_pipeline(family: Family = "sd1", seed: int = 0, work_dir: str | P
             pooled_projection_dim=64,  # 32 + 32 projections
             out_channels=4,
         )
+        transformer = SD3Transformer2DModel(**{**mmdit, **(sd3_transformer or {})})
         torch.manual_seed(seed + 1)
         vae = _tiny_vae(latent_channels=4, sd3=True)
         torch.manual_seed(seed + 2)
         te = CLIPTextModelWithProjection(_clip_config(32, projection=32))
+        # SD3 uses CLIP-L's pooled output unprojected: SD3 checkpoints carry no CLIP-L projection and
+        # loaders (diffusers' single-file code among them) use the identity, so the tiny model does too.
+        with torch.no_grad():
+            te.text_projection.weight.copy_(torch.eye(32))
         torch.manual_seed(seed + 3)
         te2 = CLIPTextModelWithProjection(_clip_config(48, projection=32, act="gelu"))
         sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
@@ -359,8 +375,144 @@ def clip_to_open_clip(state_dict: dict, prefix: str) -> dict:
     return out
 
 
+# --- diffusers -> original SD3 / SD3.5 (MMDiT) names ----------------------------------------------
+
+#: Simple renames of the MMDiT's embedders and output layer (original ``mmditx.py`` module names).
+_SD3_TOP = {
+    "pos_embed.pos_embed": "pos_embed",
+    "pos_embed.proj": "x_embedder.proj",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+    "context_embedder": "context_embedder",
+    "proj_out": "final_layer.linear",
+}
+
+#: Per joint block: diffusers sub-name -> original sub-name (the fused ``qkv`` are handled apart).
+_SD3_BLOCK = {
+    "norm1.linear": "x_block.adaLN_modulation.1",
+    "norm1_context.linear": "context_block.adaLN_modulation.1",
+    "attn.to_out.0": "x_block.attn.proj",
+    "attn.to_add_out": "context_block.attn.proj",
+    "attn.norm_q": "x_block.attn.ln_q",
+    "attn.norm_k": "x_block.attn.ln_k",
+    "attn.norm_added_q": "context_block.attn.ln_q",
+    "attn.norm_added_k": "context_block.attn.ln_k",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "attn2.norm_q": "x_block.attn2.ln_q",
+    "attn2.norm_k": "x_block.attn2.ln_k",
+    "ff.net.0.proj": "x_block.mlp.fc1",
+    "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1",
+    "ff_context.net.2": "context_block.mlp.fc2",
+}
+
+#: Separate q/k/v projections that the original fuses into one ``qkv`` linear (order q, k, v).
+_SD3_QKV = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+}
+
+
+def _swap_halves(t):
+    """``[a; b] -> [b; a]`` along dim 0: the original adaLN order (shift, scale) vs diffusers' (scale, shift)."""
+    import torch
+
+    first, second = t.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def sd3_transformer_to_original(state_dict: dict, config: dict, prefix: str = "model.diffusion_model.") -> dict:
+    """Diffusers ``SD3Transformer2DModel`` weights -> the MMDiT names of SD3/SD3.5 checkpoints.
+
+    ``joint_blocks.N.{x_block,context_block}``: q/k/v fused into ``attn.qkv`` (and ``attn2.qkv`` in
+    SD3.5's dual-attention blocks), RMS q/k norms as ``attn.ln_q``/``ln_k``. The original's
+    ``AdaLayerNormContinuous`` layers (the last block's pre-only context norm and ``final_layer``) split
+    their modulation as (shift, scale) where diffusers splits (scale, shift), so those halves swap; the
+    pre-only last block has no context ``attn.proj`` or ``mlp``. Every input key must be used.
+    """
+    import torch
+
+    sd = dict(state_dict)
+    out: dict = {}
+
+    def take(src: str, dst: str, fn=None) -> None:
+        for kind in ("weight", "bias", ""):
+            key = f"{src}.{kind}" if kind else src
+            if key in sd:
+                v = sd.pop(key)
+                out[prefix + (f"{dst}.{kind}" if kind else dst)] = fn(v) if fn else v
+
+    for src, dst in _SD3_TOP.items():
+        take(src, dst)
+    take("norm_out.linear", "final_layer.adaLN_modulation.1", _swap_halves)
+    layers = int(config["num_layers"])
+    for i in range(layers):
+        b, o = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
+        pre_only = i == layers - 1  # diffusers: context_pre_only for the last block only
+        for src, dst in _SD3_BLOCK.items():
+            fn = _swap_halves if (pre_only and src == "norm1_context.linear") else None
+            take(b + src, o + dst, fn)
+        for dst, parts in _SD3_QKV.items():
+            for kind in ("weight", "bias"):
+                keys = [f"{b}{p}.{kind}" for p in parts]
+                if all(k in sd for k in keys):
+                    out[f"{prefix}{o}{dst}.{kind}"] = torch.cat([sd.pop(k) for k in keys], dim=0)
+    if sd:
+        raise KeyError(f"no SD3 original-layout name for diffusers keys {sorted(sd)[:5]}")
+    return out
+
+
+def clip_to_sd3(state_dict: dict, prefix: str, projection: bool) -> dict:
+    """HF CLIP text weights -> ``<prefix>text_model.*`` (+ ``text_projection.weight``), as SD3 files store them.
+
+    SD3 files keep the transformers layout for both CLIPs under ``text_encoders.clip_{l,g}.transformer.``;
+    CLIP-G keeps its projection, CLIP-L has none (its pooled output is used unprojected).
+    """
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith("position_ids"):
+            continue
+        if k.startswith("text_projection"):
+            if projection:
+                out[prefix + k] = v
+            continue
+        k = k if k.startswith("text_model.") else "text_model." + k
+        out[prefix + k] = v
+    return out
+
+
+def sd3_pipeline_to_original(pipe) -> dict:
+    """An SD3/SD3.5 pipeline as one checkpoint state dict in the layout of the published files.
+
+    ``model.diffusion_model.*`` (MMDiT), ``first_stage_model.*`` (VAE, LDM names),
+    ``text_encoders.clip_l.transformer.*`` and ``text_encoders.clip_g.transformer.*``. A pipeline with a
+    T5 encoder is refused: this writer covers the CLIP-only files (T5 is optional in SD3 checkpoints).
+    """
+    import torch
+
+    if getattr(pipe, "text_encoder_3", None) is not None:
+        raise ValueError("the SD3 single-file writer covers pipelines without T5; build it with text_encoder_3=None.")
+    proj = pipe.text_encoder.text_projection.weight
+    if not torch.equal(proj, torch.eye(proj.shape[0], proj.shape[1], dtype=proj.dtype)):
+        raise ValueError(
+            "SD3 single files carry no CLIP-L projection (loaders use the identity); "
+            "set text_encoder.text_projection to the identity before writing one."
+        )
+    sd: dict = {}
+    sd.update(sd3_transformer_to_original(pipe.transformer.state_dict(), dict(pipe.transformer.config)))
+    sd.update(vae_to_ldm(pipe.vae.state_dict(), dict(pipe.vae.config)))
+    sd.update(clip_to_sd3(pipe.text_encoder.state_dict(), "text_encoders.clip_l.transformer.", projection=False))
+    sd.update(clip_to_sd3(pipe.text_encoder_2.state_dict(), "text_encoders.clip_g.transformer.", projection=True))
+    return sd
+
+
 def pipeline_to_single_file_state_dict(pipe, family: Family) -> dict:
-    """The A1111-style single-file state dict of an SD1 or SDXL pipeline."""
+    """The single-file state dict of a pipeline: A1111-style for SD1/SDXL, the SD3/SD3.5 file layout for SD3."""
+    if family == "sd3":
+        return {k: v.detach().contiguous() for k, v in sd3_pipeline_to_original(pipe).items()}
     sd: dict = {}
     sd.update(unet_to_ldm(pipe.unet.state_dict(), dict(pipe.unet.config)))
     sd.update(vae_to_ldm(pipe.vae.state_dict(), dict(pipe.vae.config)))
@@ -370,7 +522,7 @@ def pipeline_to_single_file_state_dict(pipe, family: Family) -> dict:
         sd.update(clip_to_ldm(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
         sd.update(clip_to_open_clip(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
     else:
-        raise ValueError(f"single-file export is written for sd1 and sdxl, not {family!r}.")
+        raise ValueError(f"`family` must be one of sd1, sdxl, sd3, not {family!r}.")
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
