@@ -14,7 +14,7 @@ import torch
 
 from tagloop.generator import tiny
 from tagloop.generator.generate import GenerationSettings, Generator
-from tagloop.generator.models import cache_clear, checkpoint_tensors, classify_keys, resolve_model
+from tagloop.generator.models import GeneratorError, cache_clear, checkpoint_tensors, classify_keys, resolve_model
 
 FAST = dict(steps=2, width=64, height=64)
 
@@ -34,7 +34,7 @@ def sd3(request, tmp_path_factory):
     tiny.write_config_folder(pipe, root / "config")
     # a misleading name: the family must come from the tensor names
     ckpt = tiny.save_tiny_single_file(pipe, "sd3", root / "sdxl_anime_v2.safetensors")
-    yield {"root": root, "pipe": pipe, "diffusers": root / "diffusers", "config": root / "config", "ckpt": ckpt}
+    yield {"layout": request.param, "root": root, "pipe": pipe, "diffusers": root / "diffusers", "config": root / "config", "ckpt": ckpt}
     cache_clear()
 
 
@@ -83,7 +83,16 @@ def test_file_has_the_published_sd3_key_layout(sd3):
 def test_family_is_sd3_from_the_keys_not_the_file_name(sd3):
     assert classify_keys(checkpoint_tensors(sd3["ckpt"])) == "sd3"
     src = resolve_model(sd3["ckpt"])
-    assert (src.kind, src.family, src.variant) == ("single_file", "sd3", "medium")
+    # SD3.5 medium has dual-attention blocks and q/k norms; SD3 (3.0) medium has neither
+    expected = {"sd3-medium": "medium-3.0", "sd35-medium": "medium"}[sd3["layout"]]
+    assert (src.kind, src.family, src.variant) == ("single_file", "sd3", expected)
+
+
+@pytest.mark.parametrize("sd3", ["sd3-medium"], indirect=True)
+def test_sd3_medium_file_without_config_is_one_clear_sentence(sd3):
+    """The packaged SD3.5-medium config does not fit SD3 (3.0) medium blocks: say so instead of a shape error."""
+    with pytest.raises(GeneratorError, match=r"SD3 \(3\.0\) medium checkpoint.*--config-dir"):
+        gen(sd3["ckpt"]).load()
 
 
 def test_single_file_loads_the_folders_weights_and_image(sd3):

@@ -196,11 +196,20 @@ def is_fp8(tensors: dict[str, dict]) -> bool:
 
 
 def sd3_variant(tensors: dict[str, dict]) -> str:
-    """``medium`` or ``large`` from the number of joint blocks (24 vs 38)."""
+    """Which SD3 MMDiT a checkpoint holds, from its tensor names.
+
+    ``large`` (SD3.5 large: 38 joint blocks), ``medium`` (SD3.5 medium: dual-attention ``x_block.attn2``
+    blocks and RMS q/k norms ``attn.ln_q``) or ``medium-3.0`` (SD3 medium: neither; a different
+    transformer configuration from SD3.5 medium's).
+    """
     depth = 1 + max(
         (int(m.group(1)) for k in tensors if (m := re.search(r"joint_blocks\.(\d+)\.", k))), default=-1
     )
-    return "large" if depth >= 38 else "medium"
+    if depth >= 38:
+        return "large"
+    if any(".x_block.attn2." in k or ".attn.ln_q." in k for k in tensors):
+        return "medium"
+    return "medium-3.0"
 
 
 def family_of_folder(folder: str | Path) -> str:
@@ -290,7 +299,7 @@ class ModelSource:
     """A resolved ``--model``: where it is and what it is; nothing loaded yet.
 
     kind: ``diffusers`` (folder), ``single_file`` or ``hub``. ``name`` is what A1111 writes as ``Model:``
-    (the file stem). ``variant`` is ``medium``/``large`` for SD3. ``fp8``: weights stored as fp8.
+    (the file stem). ``variant`` is ``medium``/``large``/``medium-3.0`` for SD3 (see :func:`sd3_variant`). ``fp8``: weights stored as fp8.
     """
 
     kind: Literal["diffusers", "single_file", "hub"]
@@ -413,6 +422,12 @@ def packaged_config_dir(family: str, variant: str | None = None) -> Path:
     """
     key = family if family != "sd3" else f"sd3-{variant or 'medium'}"
     name = PACKAGED_CONFIGS.get(key)
+    if key == "sd3-medium-3.0":
+        raise GeneratorError(
+            "this is an SD3 (3.0) medium checkpoint and tagloop ships configs for SD3.5 medium/large only; pass a "
+            "local stable-diffusion-3-medium-diffusers folder with --config-dir (Python: config=DIR) or use that folder as "
+            "the model."
+        )
     if name is None:
         raise GeneratorError(
             f"tagloop ships no config for {family} single files; pass a local diffusers folder of the same family "
