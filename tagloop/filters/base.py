@@ -172,3 +172,16 @@ def strip_comment(line: str) -> str:
     if m is not None:
         line = line[: m.start()]
     return line.replace("\\#", "#")
+
+
+def read_filter_text(path: str | Path, option: str) -> str:
+    """A filter file's text (UTF-8, BOM allowed); a missing or unreadable file is a :class:`FilterFileError`."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FilterFileError(f"file does not exist; check the path given to `{option}`.", path) from None
+    except UnicodeDecodeError as e:
+        raise FilterFileError(f"not UTF-8 text ({e}); save the file as UTF-8.", path) from None
+    except OSError as e:
+        raise FilterFileError(f"cannot be read ({e}).", path) from None

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..tagger.result import TagResult, TagScore
-from .base import FilterFileError, FilterLog, TagPattern, parse_pattern, strip_comment
+from .base import FilterFileError, FilterLog, TagPattern, parse_pattern, read_filter_text, strip_comment
 
 
 @dataclass(frozen=True)
@@ -113,14 +113,7 @@ def parse_blocklist(text: str, source: str = "<text>") -> Blocklist:
 def read_blocklist(path: str | Path) -> Blocklist:
     """Read one blocklist file (UTF-8, BOM allowed)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise FilterFileError("file does not exist; check the path given to `--filters`.", path) from None
-    except UnicodeDecodeError as e:
-        raise FilterFileError(f"not UTF-8 text ({e}); save the file as UTF-8.", path) from None
-    except OSError as e:
-        raise FilterFileError(f"cannot be read ({e}).", path) from None
+    text = read_filter_text(path, "--filters")
     return parse_blocklist(text, str(path))
 
 

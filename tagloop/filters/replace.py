@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 
 from ..tagger.result import TagScore
 from ..tagtext import canonical, split_tags
-from .base import FilterFileError, FilterLog, strip_comment
+from .base import FilterFileError, FilterLog, read_filter_text, strip_comment
 
 
 def parse_replacement(text: str, path: str | Path | None = None, line: int | None = None) -> tuple[str, tuple[str, ...]]:
@@ -91,12 +91,7 @@ def parse_replace_text(text: str, source: str | Path | None = None) -> ReplaceMa
 
 def read_replace_file(path: str | Path) -> ReplaceMap:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise FilterFileError("file does not exist; check the path given to `--replace-file`.", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FilterFileError(f"cannot be read as UTF-8 text ({e}).", path) from None
+    text = read_filter_text(path, "--replace-file")
     return parse_replace_text(text, path)
 
 
