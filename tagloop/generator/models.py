@@ -636,7 +636,6 @@ def _progress_bars(enabled: bool):
 
 def _load_uncached(source: ModelSource, options: LoadOptions, progress: bool) -> LoadedModel:
     import diffusers
-    import torch
 
     cls = getattr(diffusers, PIPELINE_CLASSES[source.family][0])
     dtype = torch_dtype(options.compute_dtype)

@@ -28,7 +28,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from ..prompt.clip_bpe import bytes_to_unicode as _bytes_to_unicode  # noqa: F401  (kept for callers of this name)
 from ..prompt.clip_bpe import clip_vocab
 
 Family = Literal["sd1", "sdxl", "sd3"]

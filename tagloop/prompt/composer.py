@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from ..filters.base import FilterLog, Removal
+from ..filters.base import Removal
 from ..filters.chain import FilterSettings, _tuple, apply_filters
 from ..filters.style import StyleRules, resolve_style
 from ..tagger.result import TagResult, TagScore
