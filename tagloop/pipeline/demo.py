@@ -157,6 +157,6 @@ def demo_command(out, variants, seed):
 
     \b
     Example:
-      tagloop demo --out /tmp/tagloop-demo
+      tagloop demo --out tagloop-demo --variants 3
     """
     run_demo(Path(out), variants=variants, seed=seed)
