@@ -152,5 +152,20 @@ def test_decompression_bomb_header_is_refused():
     data[16:24] = struct.pack(">II", 100_000, 100_000)
     crc = zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF
     data[29:33] = struct.pack(">I", crc)
-    with pytest.raises(ImageDecodeError, match="too large|cap"):
+    with pytest.raises(ImageDecodeError, match="cap of 64,000,000"):
         load_image(bytes(data))
+
+
+def test_a_cap_above_pillows_bomb_limit_is_honoured():
+    """--max-pixels above Pillow's own limit (2 x MAX_IMAGE_PIXELS) lets the image through to our check."""
+    data = bytearray(_save(Image.new("RGB", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", 20_000, 10_000)  # 200 MP header, tiny pixel data
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    limit = Image.MAX_IMAGE_PIXELS
+    assert 20_000 * 10_000 > 2 * limit
+    with pytest.raises(ImageDecodeError, match="cap of 100,000,000"):
+        load_image(bytes(data), max_pixels=100_000_000)
+    with pytest.raises(ImageDecodeError) as e:  # allowed by the cap: opens, then the data is too short
+        load_image(bytes(data), max_pixels=300_000_000)
+    assert "cap" not in str(e.value)
+    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's global is restored

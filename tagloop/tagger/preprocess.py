@@ -17,6 +17,7 @@ Every function returns uint8 ``(H, W, 3)``; the model scales it.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -50,11 +51,11 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     elif isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source)
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"image too large to decode safely ({e})") from None
+        img = _open(source, max_pixels)
+    except Image.DecompressionBombError:
+        raise ImageDecodeError(
+            f"image has more pixels than the cap of {max_pixels:,} (a decompression bomb?); raise it with --max-pixels"
+        ) from None
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except IsADirectoryError:
@@ -81,6 +82,34 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         if "truncated" in msg:
             msg = f"file is truncated ({msg})"
         raise ImageDecodeError(f"cannot decode {Path(name).name}: {msg}") from None
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+def _open(source, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` with tagloop's pixel cap instead of Pillow's own bomb limit.
+
+    Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` (about 179 MP) while opening them,
+    before our cap is checked. When the cap allows more, the open is retried with Pillow's limit
+    raised to the cap for that call (under a lock; the cap is still enforced on the size read).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.DecompressionBombError:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is None or (max_pixels is not None and max_pixels <= 2 * limit):
+                raise
+            if hasattr(source, "seek"):
+                source.seek(0)
+            with _PIL_LIMIT:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+                try:
+                    return Image.open(source)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = limit
 
 
 def has_alpha(img: Image.Image) -> bool:
