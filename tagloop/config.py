@@ -14,8 +14,9 @@ Layout: top-level keys apply to every command that has an option of that name (`
     batch_size = 32
     bands = "0.08:0.55, 0.15:0.45, 0.38"
 
-Keys are option names with ``-`` or ``_``. The command line overrides the file. An unknown key, or a
-value the option rejects, is an error naming the file and the key.
+Keys are option names with ``-`` or ``_``. Relative file and folder paths are relative to the config
+file's folder. The command line overrides the file. An unknown key, or a value the option rejects, is
+an error naming the file and the key.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e}).") from None
 
 
+def _relative_to(config_path: Path, value: Any) -> Any:
+    """File and folder options given relative in a config file are relative to that file's folder."""
+    if isinstance(value, list):
+        return [_relative_to(config_path, v) for v in value]
+    if isinstance(value, str) and value:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else config_path.resolve().parent / p)
+    return value
+
+
 def _key(name: str) -> str:
     return name.replace("-", "_")
 
@@ -95,6 +106,8 @@ def build_default_map(group: click.Group, ctx: click.Context, path: Path, data: 
         by_name: dict[str, Any] = {}
         for k, v in values.items():
             param = cmd_params[k]
+            if isinstance(param.type, click.Path):
+                v = _relative_to(path, v)
             try:
                 if isinstance(v, list) and not param.multiple and param.nargs == 1:
                     raise click.BadParameter(f"expected one value, got a list {v!r}")

@@ -104,3 +104,25 @@ def test_config_tag_format_and_scores(tmp_path):
     p = _config(tmp_path, '[tag]\nformat = "jsonl"\nscores = true\ncaption_extension = "caption"\n')
     r = CliRunner().invoke(main, ["--config", str(p), "tag", "--help"])
     assert r.exit_code == 0, r.output
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    seen = {}
+
+    @main.command("echo-path")
+    @click.option("--a1111-dir", type=click.Path(file_okay=False), default=None)
+    @click.option("--filters", multiple=True, type=click.Path(dir_okay=False))
+    def echo_path(a1111_dir, filters):
+        seen.update(a1111_dir=a1111_dir, filters=filters)
+
+    try:
+        folder = tmp_path / "project"
+        folder.mkdir()
+        p = _config(folder, '[echo-path]\na1111_dir = "webui"\nfilters = ["f.txt", "/abs/g.txt"]\n')
+        monkeypatch.chdir(tmp_path)
+        r = CliRunner().invoke(main, ["--config", str(p), "echo-path"])
+        assert r.exit_code == 0, r.output
+        assert seen["a1111_dir"] == str(folder.resolve() / "webui")
+        assert list(seen["filters"]) == [str(folder.resolve() / "f.txt"), "/abs/g.txt"]
+    finally:
+        main.commands.pop("echo-path")
