@@ -97,6 +97,18 @@ def _tiny_vae(latent_channels: int = 4, sd3: bool = False):
     )
 
 
+#: The UNet shape SD1 and SDXL tiny pipelines share (FORMATS.md section 8); each family adds its own.
+_TINY_UNET = dict(
+    block_out_channels=(4, 8),
+    layers_per_block=1,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
+
+
 def build_tiny_pipeline(
     family: Family = "sd1",
     seed: int = 0,
@@ -122,13 +134,7 @@ def build_tiny_pipeline(
 
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            block_out_channels=(4, 8),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **_TINY_UNET,
             cross_attention_dim=32,
             norm_num_groups=2,
             attention_head_dim=2,
@@ -151,13 +157,7 @@ def build_tiny_pipeline(
 
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            block_out_channels=(4, 8),
-            layers_per_block=1,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **_TINY_UNET,
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
