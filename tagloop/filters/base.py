@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from ..errors import InputError
 from ..tagger.result import TagScore
 from ..tagtext import canonical
 
 Action = Literal["removed", "moved_to_negative", "replaced", "force_kept"]
 
 
-class FilterFileError(ValueError):
+class FilterFileError(InputError, ValueError):
     """A blocklist, style, replacement or preset file has a malformed line (CLI exit code 2).
 
     The message names the file and, where there is one, the line: ``filter.txt, line 3: ...``.

@@ -15,24 +15,27 @@ from typing import Callable, Literal
 import numpy as np
 from PIL import Image
 
+from .. import errors
+from ..errors import TagloopError
+
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "fp32", "fp16", "bf16"]
 
 
-class TaggerError(Exception):
-    """A user-facing problem with a model: the message is one sentence naming the thing and the fix."""
+class TaggerError(TagloopError):
+    """A user-facing problem with a tagger: the message is one sentence naming the thing and the fix."""
 
 
-class ModelFileError(TaggerError):
+class ModelFileError(TaggerError, errors.ModelFileError):
     """A file is not the model it was given as (wrong kind, missing key, wrong shape)."""
 
 
-class ModelNotFoundError(TaggerError):
+class ModelNotFoundError(TaggerError, errors.ModelNotFoundError):
     """A model (or one of its files) is not on disk and cannot be downloaded."""
 
 
-class GPUUnavailableError(TaggerError):
-    """CUDA was required (``--require-gpu``) but the model does not run on it."""
+class GPUUnavailableError(TaggerError, errors.GPUUnavailableError):
+    """CUDA was required (``require_gpu``) but the model does not run on it."""
 
 
 @dataclass
@@ -68,10 +71,27 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if has_cuda else "cpu"
     if device.startswith("cuda") and not has_cuda:
-        raise GPUUnavailableError(
-            "`--device cuda` was asked for but torch sees no CUDA GPU; use `--device cpu` or install a CUDA build of torch."
-        )
+        raise GPUUnavailableError(f"device {device} was asked for, but {torch_cuda_seen()}; or set device to cpu.")
     return device
+
+
+def torch_cuda_seen() -> str:
+    """What torch shows of CUDA, in words, with the likely fix (for 'no GPU' messages)."""
+    try:
+        import torch
+    except Exception:  # pragma: no cover - torch is a dependency
+        return "torch cannot be imported"
+    cuda = getattr(torch.version, "cuda", None)
+    if not cuda:
+        return f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build of torch"
+    try:
+        count = torch.cuda.device_count()
+    except Exception:
+        count = 0
+    return (
+        f"this torch is a CUDA {cuda} build and sees {count} GPU(s): check the NVIDIA driver "
+        "(nvidia-smi) and CUDA_VISIBLE_DEVICES"
+    )
 
 
 class Tagger(ABC):
@@ -137,6 +157,28 @@ def _import_builtin_backends() -> None:
     from . import deepdanbooru, onnx_tagger, wd_timm  # noqa: F401  (they register themselves)
 
 
+def check_one_model(path: Path) -> None:
+    """Raise :class:`ModelFileError` when the folder ``path`` holds models of several backends.
+
+    A WD v3 release that ships both ``model.onnx`` and the timm files is one model (the device
+    picks the runtime); a DeepDanbooru file beside a WD14 model is two, and picking one silently
+    would tag with a model the user may not have meant.
+    """
+    if not path.is_dir():
+        return
+    found = [name for name, spec in backends().items() if spec.detect(path)]
+    if len({"onnx" if name == "wd-timm" else name for name in found}) <= 1:
+        return
+    files = sorted(
+        p.name for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in (".onnx", ".pt", ".pth", ".ckpt", ".safetensors")
+    )
+    raise ModelFileError(
+        f"{path} holds several tagger models ({', '.join(files)}: {', '.join(found)}); "
+        "give the model file itself, or a folder holding one model."
+    )
+
+
 def load_tagger(path: str | Path, options: LoadOptions | None = None, backend: str | None = None) -> Tagger:
     """Load the tagger in ``path`` (a model file or a folder) with the first backend that knows it."""
     options = options or LoadOptions()
@@ -148,6 +190,7 @@ def load_tagger(path: str | Path, options: LoadOptions | None = None, backend: s
         if backend not in table:
             raise TaggerError(f"Unknown tagger backend {backend!r}; choose one of: {', '.join(sorted(table))}.")
         return table[backend].load(path, options)
+    check_one_model(path)
     for spec in table.values():
         if spec.detect(path):
             return spec.load(path, options)

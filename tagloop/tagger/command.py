@@ -13,7 +13,10 @@ from typing import Any, Callable
 
 import click
 
+from ..cli.errors import handle_errors, interrupted
 from ..fileio import atomic_open, atomic_write_text
+from ..notices import notice
+from ..progress import Progress
 from ..tagtext import TagPolicy
 from .result import TagResult
 from .threshold import DEFAULT_BANDS, format_bands, parse_bands
@@ -153,21 +156,35 @@ def tag_one(image_path: str | Path, **kw: Any) -> TagResult:
     return tag_image(tagger, str(image_path), options, name=str(image_path))
 
 
-def user_errors(f: Callable) -> Callable:
-    """Turn model/config problems into one sentence and exit code 2."""
+user_errors = handle_errors  # model, filter and config problems: one sentence, exit code 2
 
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        from ..filters import FilterFileError
-        from ..hub import HubError
-        from .base import TaggerError
 
-        try:
-            return f(*args, **kwargs)
-        except (TaggerError, HubError, FilterFileError) as e:
-            raise click.UsageError(str(e)) from None
+def check_run_outputs(files: list[Path], output: str | None, failures: str | None, sidecar: bool, ext: str) -> None:
+    """Refuse, before any work, a run that would write over one of its input images.
 
-    return wrapper
+    ``--output`` and ``--failures`` may not be inputs; sidecar captions may not have an image
+    extension (the next run would read them as images, and a caption named like its image
+    replaces it) nor land on a file given as an input.
+    """
+    from ..errors import OutputPathError
+    from ..fileio import check_outputs
+    from .preprocess import IMAGE_EXTENSIONS
+
+    check_outputs([("--output", output), ("--failures", failures)], files)
+    if output and failures and os.path.abspath(output) == os.path.abspath(failures):
+        raise OutputPathError(f"--output and --failures are the same file ({output}): give each its own path.")
+    if not sidecar:
+        return
+    if ext.lower() in IMAGE_EXTENSIONS:
+        raise OutputPathError(
+            f"caption extension {ext} is an image extension: captions would overwrite the images they describe "
+            "(or be read as images next time); use .txt or .caption."
+        )
+    inputs = {os.path.normcase(os.path.abspath(f)) for f in files}
+    for f in files:
+        cap = f.with_suffix(ext)
+        if os.path.normcase(os.path.abspath(cap)) in inputs:
+            raise OutputPathError(f"the caption of {f} would be written over the input {cap}: choose another caption extension.")
 
 
 def caption_extension(value: str) -> str:
@@ -258,6 +275,10 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
     from .run import expand_paths, tag_files
 
     files, problems = expand_paths(paths, recursive=recursive)
+    check_run_outputs(files, output, failures, sidecar, caption_extension)
+    skipped = 0
+    if skip_existing and not sidecar:
+        notice("--skip-existing only applies to --sidecar captions (it skips images that already have one); ignored.")
     if sidecar and skip_existing:
         kept = [f for f in files if not f.with_suffix(caption_extension).exists()]
         skipped = len(files) - len(kept)
@@ -280,7 +301,11 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
 
     single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
     n_json = 0
-    progress = None
+    n_results = 0
+    n_problems = len(failed_records)
+    stopped = False
+    progress = Progress(len(files), desc="tagging", enabled=not quiet)
+    progress.skipped = skipped
     with ExitStack() as stack:
         # results stream to stdout or to a temp file renamed over --output at the end: memory stays
         # flat on huge folders, and a run that stops half-way leaves no half-written file
@@ -290,13 +315,20 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
         def emit(text: str) -> None:
             click.echo(text, file=out)
 
-        if not quiet and len(files) > 1:
-            from tqdm.auto import tqdm
-
-            progress = stack.enter_context(tqdm(total=len(files), unit="img", desc="tagging", file=sys.stderr, disable=None))
-        for result in tag_files(tagger, files, options):
-            if progress is not None:
-                progress.update(1)
+        stack.enter_context(progress)
+        results = tag_files(tagger, files, options)
+        while True:
+            # Ctrl-C stops the run between images: what was complete is still written (the
+            # --output list closed, --failures recorded), then the exit code is 130
+            try:
+                result = next(results)
+            except StopIteration:
+                break
+            except KeyboardInterrupt:
+                stopped = True
+                break
+            n_results += 1
+            progress.update(result.error is None)
             if result.error is not None:
                 failed_records.append({"path": result.path, "error": result.error})
                 click.echo(f"tagloop: {result.path}: {result.error}", err=True)
@@ -327,11 +359,19 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
             elif not sidecar or out is not None:
                 text = caption(result, policy, show_scores, include_rating, character_first)
                 emit(text if single else f"{result.path}\t{text}")
+        if stopped:
+            results.close()
         if fmt == "json" and not (single and n_json):
             emit("\n]" if n_json else "[]")
         if failures_file is not None:
             for record in failed_records:
                 failures_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    progress.failed = len(failed_records)
+    progress.done = n_results - (len(failed_records) - n_problems)
+    if not quiet:
+        click.echo(progress.summary(interrupted=stopped), err=True)
+    if stopped:
+        raise interrupted()
     if failed_records:
         click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)

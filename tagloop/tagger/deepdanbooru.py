@@ -484,7 +484,8 @@ def _file_is_deepdanbooru(path: Path) -> bool:
 
 def _folder_candidates(folder: Path) -> list[Path]:
     """DeepDanbooru files in ``folder``: A1111's file name first, else every file whose keys match."""
-    for name in (A1111_FILENAME, Path(A1111_FILENAME).with_suffix(".safetensors").name):
+    names = (A1111_FILENAME, Path(A1111_FILENAME).with_suffix(".safetensors").name)
+    for name in names:
         if (folder / name).is_file():
             return [folder / name]
     try:
@@ -492,6 +493,21 @@ def _folder_candidates(folder: Path) -> list[Path]:
     except OSError:
         return []
     return [p for p in files if _file_is_deepdanbooru(p)]
+
+
+def _say_choice(folder: Path, chosen: Path) -> None:
+    """A1111's file name wins in a folder; say so when other DeepDanbooru files are beside it."""
+    try:
+        others = [
+            p.name for p in sorted(folder.iterdir())
+            if p != chosen and p.is_file() and p.suffix.lower() in TORCH_SUFFIXES + (".safetensors",) and _file_is_deepdanbooru(p)
+        ]
+    except OSError:
+        return
+    if others:
+        from ..notices import notice
+
+        notice(f"{folder} holds several DeepDanbooru files; using {chosen.name} (AUTOMATIC1111's name), not {', '.join(others)}.")
 
 
 def detect(path: str | Path) -> bool:
@@ -519,6 +535,7 @@ def resolve_model_file(path: str | Path) -> Path:
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
         raise ModelFileError(f"Folder {str(path)!r} holds several DeepDanbooru models ({names}); pass one file.")
+    _say_choice(path, found[0])
     return found[0]
 
 
@@ -636,8 +653,11 @@ def convert_to_safetensors(
     dst = Path(dst) if dst is not None else src.with_suffix(".safetensors")
     if dst.resolve() == src.resolve():
         raise ModelFileError(f"Converting {src} would overwrite it; pass another destination.")
+    from ..fileio import check_outputs
+
     sd, embedded = read_deepdanbooru_file(src, allow_pickle=allow_pickle)
     tags, _, _ = _resolve_tags(src, embedded, Path(tags_file) if tags_file else None)
+    check_outputs([("the destination", dst)], [src] + ([tags_file] if tags_file else []) + [src.with_name("tags.txt")])
     return save_deepdanbooru_safetensors(sd, tags, dst)
 
 

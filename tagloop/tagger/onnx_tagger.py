@@ -83,9 +83,14 @@ def find_onnx_file(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise ModelNotFoundError(f"ONNX model {str(path)!r} does not exist.")
-    if (path / "model.onnx").is_file():
-        return path / "model.onnx"
     found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".onnx")
+    if (path / "model.onnx").is_file():
+        others = [p.name for p in found if p.name != "model.onnx"]
+        if others:
+            from ..notices import notice
+
+            notice(f"{path} holds several ONNX files; using model.onnx (a WD14 release's name), not {', '.join(others)}.")
+        return path / "model.onnx"
     if len(found) == 1:
         return found[0]
     if not found:

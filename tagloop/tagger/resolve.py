@@ -19,7 +19,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from ..hub import HubError, download_folder, looks_like_repo_id
-from .base import GPUUnavailableError, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger, resolve_device
+from .base import GPUUnavailableError, check_one_model, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger, resolve_device
 
 #: The default ``--model`` (configurable with ``model = ...`` in tagloop.toml).
 DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
@@ -40,8 +40,31 @@ DEEPDANBOORU_NAMES = ("deepdanbooru", "deepbooru", "deepdanbooru-v3")
 A1111_DD_RELPATH = Path("models") / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
 COMFY_WD14_RELDIR = Path("custom_nodes") / "ComfyUI-WD14-Tagger" / "models"
 
+#: Extensions of files a tagger model argument may name; a value ending in one is a path, never a hub id.
+MODEL_FILE_EXTS = (".onnx", ".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".csv", ".txt", ".json")
+
 ONNX_FILES = ["model.onnx", "selected_tags.csv"]
 TIMM_FILES = ["config.json", "model.safetensors", "selected_tags.csv"]
+
+
+def looks_like_local_path(spec: str) -> bool:
+    """True when a model argument that does not exist can only have meant a local file or folder.
+
+    That is a value with a model file extension, one written as a path (``./x``, ``../x``, ``/x``,
+    ``~/x``, backslashes, more than one ``/``), or ``folder/name`` where ``folder`` exists here.
+    Anything else shaped ``owner/name`` may be a hub id.
+    """
+    s = spec.strip()
+    if not s:
+        return False
+    if s.lower().endswith(MODEL_FILE_EXTS):
+        return True
+    if s.startswith(("./", "../", "/", "~", ".\\", "..\\")) or "\\" in s or s.count("/") > 1:
+        return True
+    if len(s) > 1 and s[1] == ":":  # a Windows drive
+        return True
+    parent = Path(s).parent
+    return str(parent) not in ("", ".") and parent.expanduser().is_dir()
 
 
 def resolve_model_path(
@@ -70,6 +93,8 @@ def resolve_model_path(
                 f"DeepDanbooru model not found: put {A1111_DD_RELPATH.name} (from the TorchDeepDanbooru release) at {path}."
             )
         return path
+    if looks_like_local_path(spec):
+        raise ModelNotFoundError(f"Tagger model {spec}: no such file or folder.")
     short = spec.split("/")[-1]
     if comfyui_dir is not None and ("/" not in spec or short in WD14_MODELS):
         onnx = Path(comfyui_dir).expanduser() / COMFY_WD14_RELDIR / f"{short}.onnx"
@@ -115,6 +140,7 @@ def get_tagger(
     if backend is None and path.is_dir():
         from .wd_timm import prefer_backend
 
+        check_one_model(path)
         backend = prefer_backend(path, device)
     key = (str(path.resolve()), backend, repr(astuple(options)))
     with _LOCK:

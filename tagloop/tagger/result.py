@@ -36,6 +36,9 @@ class TagResult:
 
     ``tags`` are the tags that passed the thresholds, highest score first; ratings are never
     thresholded and live apart in ``rating`` (name without the ``rating:`` prefix -> probability).
+    ``threshold`` is the threshold general tags were really held to and ``thresholds`` the one per
+    category; ``threshold_mode`` says where the base came from (``adaptive``: the edge-density band,
+    ``fixed``, ``mcut``), and ``band_threshold`` is the band's value when the band chose it.
     """
 
     path: str
@@ -47,6 +50,8 @@ class TagResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     model: str | None = None
     error: str | None = None
+    threshold_mode: str | None = None
+    band_threshold: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +78,10 @@ class TagResult:
         }
         if self.thresholds:
             out["thresholds"] = {k: round(float(v), 6) for k, v in self.thresholds.items()}
+        if self.threshold_mode:
+            out["threshold_mode"] = self.threshold_mode
+        if self.band_threshold is not None:
+            out["band_threshold"] = round(float(self.band_threshold), 6)
         if self.model:
             out["model"] = self.model
         if self.error:
@@ -91,4 +100,6 @@ class TagResult:
             thresholds=dict(data.get("thresholds") or {}),
             model=data.get("model"),
             error=data.get("error"),
+            threshold_mode=data.get("threshold_mode"),
+            band_threshold=data.get("band_threshold"),
         )

@@ -72,13 +72,17 @@ def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | 
     """Turn one row of probabilities into a :class:`TagResult` with the thresholds applied."""
     probs = np.asarray(probs, dtype=np.float32).ravel()
     cats = np.asarray(tagger.categories)
+    band_threshold = None
     if options.threshold is not None:
-        base, complexity = float(options.threshold), None
+        base, complexity, mode = float(options.threshold), None, "fixed"
         if density is not None:
             complexity = pick_band(density, options.bands).name
     else:
         band = pick_band(density if density is not None else 0.0, options.bands)
-        base, complexity = band.threshold, band.name
+        base, complexity, mode = band.threshold, band.name, "adaptive"
+        band_threshold = band.threshold
+    if options.mcut:
+        mode = "mcut"
     thresholds: dict[str, float] = {}
     general_thr = base
     character_thr = base
@@ -111,11 +115,13 @@ def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | 
         path=path,
         tags=tags,
         rating=rating,
-        threshold=base,
+        threshold=general_thr,
         edge_density=density,
         complexity=complexity,
         thresholds=thresholds,
         model=tagger.source,
+        threshold_mode=mode,
+        band_threshold=band_threshold,
     )
 
 

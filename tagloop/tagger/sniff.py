@@ -119,5 +119,5 @@ def describe_foreign_file(path: Path) -> str:
             strings = torch_pickle_strings(path)
             what = (classify_keys(strings) if strings else None) or "a PyTorch checkpoint without DeepDanbooru's n_Conv_* keys"
     if what is None:
-        what = "not a model file tagloop recognises"
+        return f"{path} is not a model file tagloop recognises; {known}."
     return f"{path} is {what}, not a tagger; {known}."

@@ -9,15 +9,25 @@ import sys
 
 import click
 
-from . import __version__
-from .config import build_default_map, find_config, read_config
+from .. import __version__
+from ..config import build_default_map, find_config, read_config
+from ..errors import TagloopError
+from .errors import interrupted, to_command_error
 
 
 class TagloopGroup(click.Group):
-    """Lists commands in the order they were added (the order of the loop)."""
+    """Lists commands in the order they were added (the order of the loop); maps errors to exit codes."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TagloopError as e:
+            raise to_command_error(e) from None
+        except KeyboardInterrupt:
+            raise interrupted() from None
 
 
 @click.group(cls=TagloopGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,20 +55,20 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 def _register() -> None:
-    from .tagger.command import convert_deepdanbooru_command, tag_command
+    from ..tagger.command import convert_deepdanbooru_command, tag_command
 
     main.add_command(tag_command, "tag")
     main.add_command(convert_deepdanbooru_command, "convert-deepdanbooru")
-    from .prompt.command import prompt_command
+    from ..prompt.command import prompt_command
 
     main.add_command(prompt_command, "prompt")
-    from .generator.command import generate_command
-    from .generator.info_command import info_command
+    from ..generator.command import generate_command
+    from ..generator.info_command import info_command
 
     main.add_command(generate_command, "generate")
 
     main.add_command(info_command, "info")
-    from .pipeline.demo import demo_command
+    from ..pipeline.demo import demo_command
 
     main.add_command(demo_command, "demo")
 

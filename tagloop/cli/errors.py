@@ -1,0 +1,65 @@
+"""The one place where tagloop's errors become exit codes and one-line messages.
+
+Exit codes: 0 success; 1 some inputs failed (each named on stderr); 2 a usage, model, configuration
+or setting error; 130 interrupted (Ctrl-C), after what was complete has been written.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import click
+
+from ..errors import TagloopError
+
+EXIT_OK = 0
+EXIT_INPUTS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(click.ClickException):
+    """A one-sentence error on stderr (``tagloop: ...``), no ``Usage:`` block."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"tagloop: {self.format_message()}", err=True)
+
+
+def exit_code_for(error: BaseException) -> int:
+    """2 for every TagloopError raised out of a command (models, settings, config, unsafe outputs);
+    an image that cannot be decoded where one image was asked for is a failed input (1)."""
+    from ..tagger.preprocess import ImageDecodeError
+
+    if isinstance(error, ImageDecodeError):
+        return EXIT_INPUTS_FAILED
+    return EXIT_USAGE
+
+
+def to_command_error(error: TagloopError) -> CommandError:
+    return CommandError(str(error), exit_code_for(error))
+
+
+def interrupted() -> click.exceptions.Exit:
+    """What a command raises on Ctrl-C, after it has written what was complete."""
+    click.echo("tagloop: interrupted", err=True)
+    return click.exceptions.Exit(EXIT_INTERRUPTED)
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Decorator for a command: TagloopError -> one sentence and its exit code; Ctrl-C -> 130."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except TagloopError as e:
+            raise to_command_error(e) from None
+        except KeyboardInterrupt:
+            raise interrupted() from None
+
+    return wrapper
