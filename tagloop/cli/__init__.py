@@ -15,11 +15,30 @@ from ..errors import TagloopError
 from .errors import interrupted, to_command_error
 
 
+#: Subcommands in the order of the loop, each imported only when it is used (or listed by --help).
+COMMANDS = {
+    "tag": ("..tagger.command", "tag_command"),
+    "convert-deepdanbooru": ("..tagger.command", "convert_deepdanbooru_command"),
+    "prompt": ("..prompt.command", "prompt_command"),
+    "generate": ("..generator.command", "generate_command"),
+    "info": ("..generator.info_command", "info_command"),
+    "demo": ("..pipeline.demo", "demo_command"),
+}
+
+
 class TagloopGroup(click.Group):
-    """Lists commands in the order they were added (the order of the loop); maps errors to exit codes."""
+    """Lists commands in the order of the loop, imports each when needed, maps errors to exit codes."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        return list(COMMANDS) + [name for name in self.commands if name not in COMMANDS]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            import importlib
+
+            module, attr = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module, __name__), attr), name)
+        return self.commands.get(name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -52,28 +71,6 @@ def main(ctx: click.Context, config_path: str | None) -> None:
         data = read_config(path)
         ctx.default_map = build_default_map(main, ctx, path, data)
         ctx.meta["config_path"] = path
-
-
-def _register() -> None:
-    from ..tagger.command import convert_deepdanbooru_command, tag_command
-
-    main.add_command(tag_command, "tag")
-    main.add_command(convert_deepdanbooru_command, "convert-deepdanbooru")
-    from ..prompt.command import prompt_command
-
-    main.add_command(prompt_command, "prompt")
-    from ..generator.command import generate_command
-    from ..generator.info_command import info_command
-
-    main.add_command(generate_command, "generate")
-
-    main.add_command(info_command, "info")
-    from ..pipeline.demo import demo_command
-
-    main.add_command(demo_command, "demo")
-
-
-_register()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -258,16 +258,16 @@ def _tag_image(image: str, tagger_kwargs: dict[str, Any]) -> TagResult:
     """Tag IMAGE with the tagger options (INTEGRATION point with tagloop.tagger.command)."""
     if _TAG_ONE is None:
         raise click.UsageError("tagging an image needs tagloop.tagger.command, which this install lacks; use --tags or --from-json.")
-    from ..hub import HubError
-    from ..tagger.base import TaggerError
+    from ..cli.errors import to_command_error
+    from ..errors import TagloopError
     from ..tagger.preprocess import ImageDecodeError
 
     try:
         return _TAG_ONE(image, **tagger_kwargs)
-    except (TaggerError, HubError) as e:
-        raise click.UsageError(str(e)) from None
     except ImageDecodeError as e:  # a bad input, not a bad setting: reported like a failed result (exit 1)
         return TagResult(path=image, tags=[], error=str(e))
+    except TagloopError as e:  # a model problem: one sentence, exit code 2
+        raise to_command_error(e) from None
 
 
 _TAGGER_PARAMS, _TAG_ONE = _tagger_integration()
