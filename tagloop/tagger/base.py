@@ -16,26 +16,18 @@ import numpy as np
 from PIL import Image
 
 from .. import errors
+from ..devices import resolve_device, torch_cuda_seen  # noqa: F401  (re-exported for the backends)
 from ..errors import TagloopError
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "fp32", "fp16", "bf16"]
 
 
-class TaggerError(TagloopError):
-    """A user-facing problem with a tagger: the message is one sentence naming the thing and the fix."""
-
-
-class ModelFileError(TaggerError, errors.ModelFileError):
-    """A file is not the model it was given as (wrong kind, missing key, wrong shape)."""
-
-
-class ModelNotFoundError(TaggerError, errors.ModelNotFoundError):
-    """A model (or one of its files) is not on disk and cannot be downloaded."""
-
-
-class GPUUnavailableError(TaggerError, errors.GPUUnavailableError):
-    """CUDA was required (``require_gpu``) but the model does not run on it."""
+# The tagger's errors are tagloop's one family (tagloop.errors), under the names the backends use.
+TaggerError = TagloopError
+ModelFileError = errors.ModelFileError
+ModelNotFoundError = errors.ModelNotFoundError
+GPUUnavailableError = errors.GPUUnavailableError
 
 
 @dataclass
@@ -56,42 +48,6 @@ class LoadOptions:
     dd_preprocess: Literal["a1111", "kdd"] = "a1111"
     tags_file: Path | None = None
     extra: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise TaggerError(f"`--device` must be auto, cpu or cuda, not {device!r}.")
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch is a dependency
-        has_cuda = False
-    if device == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if device.startswith("cuda") and not has_cuda:
-        raise GPUUnavailableError(f"device {device} was asked for, but {torch_cuda_seen()}; or set device to cpu.")
-    return device
-
-
-def torch_cuda_seen() -> str:
-    """What torch shows of CUDA, in words, with the likely fix (for 'no GPU' messages)."""
-    try:
-        import torch
-    except Exception:  # pragma: no cover - torch is a dependency
-        return "torch cannot be imported"
-    cuda = getattr(torch.version, "cuda", None)
-    if not cuda:
-        return f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build of torch"
-    try:
-        count = torch.cuda.device_count()
-    except Exception:
-        count = 0
-    return (
-        f"this torch is a CUDA {cuda} build and sees {count} GPU(s): check the NVIDIA driver "
-        "(nvidia-smi) and CUDA_VISIBLE_DEVICES"
-    )
 
 
 class Tagger(ABC):
@@ -123,6 +79,24 @@ class Tagger(ABC):
 
     def close(self) -> None:
         """Release the model's memory (GPU included)."""
+
+    def tag(self, image, **options):
+        """Tag one image (a path, bytes, a file object or a PIL image) -> :class:`TagResult`.
+
+        ``options`` are the fields of :class:`~tagloop.tagger.run.TagOptions` (``threshold`` None =
+        adaptive, ``general_threshold``, ``character_threshold``, ``mcut``, ``bands``, ``max_tags``,
+        ``max_pixels``, ...). An image that cannot be decoded gives a result with ``error`` set.
+        """
+        return next(self.tag_many([image], **options))
+
+    def tag_many(self, images, **options):
+        """Tag many images, batched with parallel decoding, in input order -> iterator of :class:`TagResult`.
+
+        A bad image is a result with ``error`` set; the others go on.
+        """
+        from .run import make_tag_options, tag_sources
+
+        return tag_sources(self, images, make_tag_options(**options))
 
     def describe(self) -> str:
         return f"{self.family}/{self.backend} {self.source} on {self.device}"
@@ -188,7 +162,7 @@ def load_tagger(path: str | Path, options: LoadOptions | None = None, backend: s
     table = backends()
     if backend is not None:
         if backend not in table:
-            raise TaggerError(f"Unknown tagger backend {backend!r}; choose one of: {', '.join(sorted(table))}.")
+            raise errors.InputError(f"Unknown tagger backend {backend!r}; choose one of: {', '.join(sorted(table))}.")
         return table[backend].load(path, options)
     check_one_model(path)
     for spec in table.values():

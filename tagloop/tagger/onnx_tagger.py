@@ -201,7 +201,7 @@ def _warn_once(key: tuple[str, str], message: str) -> None:
 
 
 def _resolve_onnx_device(device: str) -> tuple[bool, int]:
-    """``(want_cuda, device_id)`` for ``--device``; ``auto`` asks for CUDA when torch sees a GPU."""
+    """``(want_cuda, device_id)`` for ``device``; ``auto`` asks for CUDA when the driver shows a GPU."""
     if device == "cpu":
         return False, 0
     if device == "cuda":
@@ -212,8 +212,10 @@ def _resolve_onnx_device(device: str) -> tuple[bool, int]:
         except ValueError:
             raise TaggerError(f"`--device` {device!r} is not cuda:<index>.") from None
     if device == "auto":
-        return _torch_sees_cuda(), 0
-    raise TaggerError(f"`--device` must be auto, cpu or cuda, not {device!r}.")
+        from ..devices import guess_device
+
+        return guess_device("auto") == "cuda", 0
+    raise TaggerError(f"device must be auto, cpu or cuda, not {device!r}.")
 
 
 def _default_trt_cache() -> Path:

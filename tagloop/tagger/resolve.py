@@ -18,8 +18,9 @@ import threading
 from dataclasses import astuple
 from pathlib import Path
 
+from ..devices import guess_device
 from ..hub import HubError, download_folder, looks_like_repo_id
-from .base import GPUUnavailableError, check_one_model, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger, resolve_device
+from .base import GPUUnavailableError, check_one_model, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger
 
 #: The default ``--model`` (configurable with ``model = ...`` in tagloop.toml).
 DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
@@ -135,7 +136,7 @@ def get_tagger(
 ) -> Tagger:
     """Resolve and load a tagger, reusing one already loaded in this process with the same settings."""
     options = options or LoadOptions()
-    device = resolve_device(options.device)
+    device = guess_device(options.device)  # asks the driver, not torch: ONNX taggers never import torch
     path = resolve_model_path(spec, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, device=device, backend=backend)
     if backend is None and path.is_dir():
         from .wd_timm import prefer_backend

@@ -45,6 +45,42 @@ class TagOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     compute_edge_density: bool = True
 
+    def check(self) -> None:
+        """Raise :class:`~tagloop.errors.InputError` naming the first setting out of range."""
+        from ..errors import InputError
+
+        for name in ("threshold", "general_threshold", "character_threshold"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+                raise InputError(f"{name} must be a number in 0..1 (or None), not {v!r}.")
+        for name, low in (("batch_size", 1), ("workers", 1), ("max_tags", 0), ("max_pixels", 1)):
+            v = getattr(self, name)
+            if v is None and name in ("max_tags", "max_pixels"):
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise InputError(f"{name} must be an integer >= {low}, not {v!r}.")
+
+
+def make_tag_options(**fields) -> TagOptions:
+    """:class:`TagOptions` from keyword fields, checked: unknown names and bad values are :class:`InputError`."""
+    from dataclasses import fields as dc_fields
+
+    from ..errors import InputError
+    from .threshold import parse_bands
+
+    known = {f.name for f in dc_fields(TagOptions)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InputError(f"unknown tag option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    if isinstance(fields.get("bands"), str):
+        try:
+            fields["bands"] = tuple(parse_bands(fields["bands"]))
+        except ValueError as e:
+            raise InputError(f"bands: {e}") from None
+    options = TagOptions(**{k: v for k, v in fields.items() if v is not None or k == "threshold"})
+    options.check()
+    return options
+
 
 @dataclass
 class _Prepared:
