@@ -14,7 +14,7 @@ from typing import TextIO
 
 class Progress:
     def __init__(self, total: int, what: str = "images", *, desc: str = "tagging", enabled: bool = True,
-                 interval: float = 10.0, stream: TextIO | None = None) -> None:
+                 interval: float = 10.0, stream: TextIO | None = None, start: float | None = None) -> None:
         self.total = total
         self.what = what
         self.desc = desc
@@ -23,7 +23,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.skipped = 0
-        self.start = time.monotonic()
+        self.start = time.monotonic() if start is None else start  # a time.monotonic() value
         self._last = self.start
         self._bar = None
         self._lines = False

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from tagloop.prompt.command import prompt_command
+from tagloop.cli.prompt import prompt_command
 from tagloop.tagger.result import TagResult, TagScore
 
 from test_prompt_tokens import write_tiny_clip
@@ -128,7 +128,7 @@ def test_image_is_tagged_then_composed(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from tagloop.tagger.command import tag_one
+    from tagloop.cli.tag import tag_one
     from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
 
     model, tags = save_tiny_deepdanbooru(tmp_path / "model-resnet_custom_v3.pt", num_tags=12, seed=3)

@@ -17,9 +17,9 @@ from .errors import interrupted, to_command_error
 
 #: Subcommands in the order of the loop, each imported only when it is used (or listed by --help).
 COMMANDS = {
-    "tag": ("..tagger.command", "tag_command"),
-    "convert-deepdanbooru": ("..tagger.command", "convert_deepdanbooru_command"),
-    "prompt": ("..prompt.command", "prompt_command"),
+    "tag": (".tag", "tag_command"),
+    "convert-deepdanbooru": (".tag", "convert_deepdanbooru_command"),
+    "prompt": (".prompt", "prompt_command"),
     "generate": ("..generator.command", "generate_command"),
     "info": ("..generator.info_command", "info_command"),
     "demo": ("..pipeline.demo", "demo_command"),

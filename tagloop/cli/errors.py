@@ -63,3 +63,33 @@ def handle_errors(f: Callable) -> Callable:
             raise interrupted() from None
 
     return wrapper
+
+
+class GracefulInterrupt:
+    """Within ``with``: the first Ctrl-C only sets :attr:`requested` (the loop stops at the next
+    item and writes what was complete); a second one interrupts at once. Outside the main thread
+    it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "GracefulInterrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None

@@ -1,8 +1,7 @@
 """The prompt composer: quality tags, trigger words, LoRA, negative presets, emphasis, token budget.
 
 Entry point: :func:`compose_prompt(result, settings) <compose_prompt>` -> :class:`ComposedPrompt`.
-The ``tagloop prompt`` command is :data:`tagloop.prompt.command.prompt_command` (imported lazily,
-so ``import tagloop.prompt`` does not need click's command set-up).
+The ``tagloop prompt`` command lives in :mod:`tagloop.cli.prompt`.
 """
 
 from .composer import ComposedPrompt, PromptPart, PromptSettings, compose_prompt, resolve_settings

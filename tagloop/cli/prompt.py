@@ -10,84 +10,19 @@ from typing import Any, Callable
 
 import click
 
+from .errors import handle_errors
+
 from ..filters.base import FilterFileError
-from ..tagger.result import TagResult, TagScore
+from ..prompt.sources import parse_tag_text, read_json_source, read_results_json
+from ..prompt.tokens import TokenizerError
+from ..tagger.result import TagResult
 from ..tagtext import canonical, split_tags
-from .tokens import TokenizerError
 
 
 class PromptConfigError(click.ClickException):
     """A bad filter/style/preset/replacement file or tokenizer folder: exit code 2."""
 
     exit_code = 2
-
-
-_RANKED = re.compile(r"^\((.+):\s*([0-9]*\.?[0-9]+)\s*\)$")
-
-
-def parse_tag_text(text: str) -> tuple[TagResult, bool]:
-    """``"1girl, (solo:0.93), long hair"`` -> (TagResult, whether every tag carried a score).
-
-    ``(tag:0.93)`` (A1111's "include ranks" output) gives the score; a bare tag gets score 1.0 and
-    keeps its position, so score order equals the order written. ``rating:*`` tags are ratings.
-    """
-    tags: list[TagScore] = []
-    scored = True
-    for item in split_tags(text):
-        m = _RANKED.match(item)
-        if m:
-            name, score = m.group(1), float(m.group(2))
-        else:
-            name, score, scored = item, 1.0, False
-        category = "rating" if canonical(name).startswith("rating:") else "general"
-        tags.append(TagScore(name, score, category))
-    return TagResult(path="", tags=tags), scored and bool(tags)
-
-
-def read_results_json(text: str, source: str = "-") -> list[TagResult]:
-    """One object, a list of objects, or JSONL, as ``tagloop tag --format json|jsonl`` writes."""
-    text = text.strip()
-    if not text:
-        raise click.UsageError(f"{source}: no JSON in the file.")
-    try:
-        data = json.loads(text)
-        items = data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
-        items = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise click.UsageError(f"{source}, line {lineno}: not JSON or JSONL ({e.msg}).") from None
-    results = []
-    for i, item in enumerate(items, start=1):
-        if not isinstance(item, dict) or not isinstance(item.get("tags", []), list):
-            raise click.UsageError(f"{source}: item {i} is not a `tagloop tag` result object with a `tags` list.")
-        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in item.get("tags", [])):
-            raise click.UsageError(f"{source}: item {i} has a tag that is not an object with a string `name` and a `score`.")
-        if not isinstance(item.get("rating") or {}, dict):
-            raise click.UsageError(f"{source}: item {i}: `rating` must be an object of rating name -> score.")
-        try:
-            results.append(TagResult.from_json(item))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise click.UsageError(f"{source}: item {i} has a malformed tag ({type(e).__name__}: {e}).") from None
-    return results
-
-
-def _read_json_source(from_json: str) -> str:
-    """The text of ``--from-json`` (a file, or stdin for ``-``), as UTF-8 with or without a BOM."""
-    try:
-        if from_json == "-":
-            stream = getattr(sys.stdin, "buffer", None)
-            data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
-        else:
-            data = Path(from_json).read_bytes()
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise click.UsageError(f"{from_json}: not UTF-8 text ({e}); `tagloop tag --format json` writes UTF-8.") from None
-    except OSError as e:
-        raise click.UsageError(f"{from_json}: cannot be read ({e}).") from None
 
 
 def _split_pairs(values: tuple[str, ...], what: str) -> None:
@@ -100,9 +35,9 @@ _OWN_NAMES = {"max_tags"}  # options this command defines itself even if the tag
 
 
 def _tagger_integration() -> tuple[list[click.Parameter], Callable[..., TagResult] | None]:
-    """The tagger's click options and ``tag_one`` (INTEGRATION: tagloop.tagger.command)."""
+    """The tagger's click options and ``tag_one`` (the tag command)."""
     try:
-        from ..tagger.command import tag_one, tagger_options
+        from .tag import tag_one, tagger_options
     except ImportError:  # the tagger runner is not installed in this tree
         return [], None
 
@@ -157,6 +92,7 @@ def _tagger_integration() -> tuple[list[click.Parameter], Callable[..., TagResul
 @click.option("--weight", "weights", multiple=True, help="Explicit weight `tag=1.2`, written as (tag:1.2); repeatable.")
 @click.option("--spaces/--underscores", "use_spaces", default=None, help="Write tags with spaces (default) or underscores.")
 @click.option("--escape/--no-escape", "escape", default=None, help="Escape ( ) \\ in tags so A1111 reads them as text (default: the preset's).")
+@handle_errors
 def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style, preset, negative_preset, negative_extra,
                    quality, trigger_words, loras, budget, tokenizer, always_first, max_tags, replace_pairs, replace_files,
                    no_overlap, keep_rating, character_first, category_order, emphasis, emphasis_range, weights,
@@ -172,7 +108,7 @@ def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style,
       tagloop prompt --from-json tags.json --filters filter.txt --style anime --budget 75 --format json
       tagloop prompt img.png --model deepdanbooru --a1111-dir ~/sd-webui --negative-preset anime
     """
-    from .composer import PromptSettings, compose_prompt
+    from ..prompt.composer import PromptSettings, compose_prompt
 
     sources = [s for s in (image, tags_text, from_json) if s is not None]
     if len(sources) != 1:
@@ -189,7 +125,7 @@ def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style,
         result, scored = parse_tag_text(tags_text)
         results = [result]
     elif from_json is not None:
-        results = read_results_json(_read_json_source(from_json), from_json)
+        results = read_results_json(read_json_source(from_json), from_json)
     else:
         results = [_tag_image(image, tagger_kwargs)]
     if emphasis in ("confidence", "score") and not scored:
@@ -255,7 +191,7 @@ def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style,
 
 
 def _tag_image(image: str, tagger_kwargs: dict[str, Any]) -> TagResult:
-    """Tag IMAGE with the tagger options (INTEGRATION point with tagloop.tagger.command)."""
+    """Tag IMAGE with the tagger options (the tag command)."""
     if _TAG_ONE is None:
         raise click.UsageError("tagging an image needs tagloop.tagger.command, which this install lacks; use --tags or --from-json.")
     from ..cli.errors import to_command_error

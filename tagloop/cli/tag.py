@@ -7,19 +7,22 @@ import json
 import os
 import sys
 import textwrap
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from ..cli.errors import handle_errors, interrupted
+from ..errors import InputError
 from ..fileio import atomic_open, atomic_write_text
 from ..notices import notice
 from ..progress import Progress
+from ..tagger.captions import caption, check_run_outputs, normalise_extension, sidecar_collisions
+from ..tagger.result import TagResult
+from ..tagger.threshold import DEFAULT_BANDS, format_bands, parse_bands
 from ..tagtext import TagPolicy
-from .result import TagResult
-from .threshold import DEFAULT_BANDS, format_bands, parse_bands
+from .errors import GracefulInterrupt, handle_errors, interrupted
 
 
 class ThresholdType(click.ParamType):
@@ -56,7 +59,7 @@ UNIT_FLOAT = click.FloatRange(0.0, 1.0)
 
 def tagger_options(f: Callable) -> Callable:
     """The options that choose, load and threshold a tagger (shared by ``tag`` and ``prompt``)."""
-    from .resolve import DEFAULT_MODEL
+    from ..tagger.resolve import DEFAULT_MODEL
 
     options = [
         click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
@@ -104,53 +107,43 @@ TAGGER_OPTION_NAMES = (
 
 
 def build_tagger(**kw: Any):
-    """Load (or reuse) the tagger the options name and make its :class:`TagOptions`."""
-    from .base import LoadOptions
-    from .preprocess import DEFAULT_MAX_PIXELS
-    from .resolve import get_tagger
-    from .run import TagOptions
+    """Load (or reuse) the tagger the options name and make its :class:`TagOptions` (options -> settings -> API)."""
+    from ..api import load_tagger
+    from ..tagger.preprocess import DEFAULT_MAX_PIXELS
+    from ..tagger.run import make_tag_options
 
-    load = LoadOptions(
+    tagger = load_tagger(
+        kw.get("model") or None,
         device=kw.get("device") or "auto",
         dtype=kw.get("dtype") or "auto",
         tensorrt=bool(kw.get("tensorrt")),
         require_gpu=bool(kw.get("require_gpu")),
         allow_pickle=bool(kw.get("allow_pickle")),
         dd_preprocess=kw.get("dd_preprocess") or "a1111",
-        tags_file=Path(kw["tags_file"]) if kw.get("tags_file") else None,
-        extra={"input_size": kw["input_size"]} if kw.get("input_size") else {},
+        tags_file=kw.get("tags_file"),
+        input_size=kw.get("input_size"),
+        a1111_dir=kw.get("a1111_dir"),
+        comfyui_dir=kw.get("comfyui_dir"),
+        backend=kw.get("backend"),
     )
-    tagger = get_tagger(
-        kw.get("model") or "", load,
-        a1111_dir=kw.get("a1111_dir"), comfyui_dir=kw.get("comfyui_dir"), backend=kw.get("backend"),
-    )
-    if load.tensorrt and (tagger.backend != "onnx" or not str(tagger.device).startswith("cuda")):
-        click.echo(
-            f"tagloop: --tensorrt ignored: TensorRT runs ONNX models on CUDA, and this tagger is {tagger.describe()}.",
-            err=True,
-        )
     bands = kw.get("bands") or DEFAULT_BANDS
-    if isinstance(bands, str):
-        bands = parse_bands(bands)
-    options = TagOptions(
+    options = make_tag_options(
         threshold=kw.get("threshold"),
         general_threshold=kw.get("general_threshold"),
         character_threshold=kw.get("character_threshold"),
         mcut=bool(kw.get("mcut")),
-        bands=tuple(bands),
+        bands=bands if isinstance(bands, str) else tuple(bands),
         max_tags=kw.get("max_tags"),
         max_pixels=kw.get("max_pixels") or DEFAULT_MAX_PIXELS,
+        batch_size=int(kw["batch_size"]) if kw.get("batch_size") else None,
+        workers=int(kw["workers"]) if kw.get("workers") else None,
     )
-    if kw.get("batch_size"):
-        options.batch_size = int(kw["batch_size"])
-    if kw.get("workers"):
-        options.workers = int(kw["workers"])
     return tagger, options
 
 
 def tag_one(image_path: str | Path, **kw: Any) -> TagResult:
     """Tag one image with the tagger options' values (as ``tagger_options`` names them)."""
-    from .run import tag_image
+    from ..tagger.run import tag_image
 
     tagger, options = build_tagger(**kw)
     return tag_image(tagger, str(image_path), options, name=str(image_path))
@@ -159,81 +152,12 @@ def tag_one(image_path: str | Path, **kw: Any) -> TagResult:
 user_errors = handle_errors  # model, filter and config problems: one sentence, exit code 2
 
 
-def check_run_outputs(files: list[Path], output: str | None, failures: str | None, sidecar: bool, ext: str) -> None:
-    """Refuse, before any work, a run that would write over one of its input images.
-
-    ``--output`` and ``--failures`` may not be inputs; sidecar captions may not have an image
-    extension (the next run would read them as images, and a caption named like its image
-    replaces it) nor land on a file given as an input.
-    """
-    from ..errors import OutputPathError
-    from ..fileio import check_outputs
-    from .preprocess import IMAGE_EXTENSIONS
-
-    check_outputs([("--output", output), ("--failures", failures)], files)
-    if output and failures and os.path.abspath(output) == os.path.abspath(failures):
-        raise OutputPathError(f"--output and --failures are the same file ({output}): give each its own path.")
-    if not sidecar:
-        return
-    if ext.lower() in IMAGE_EXTENSIONS:
-        raise OutputPathError(
-            f"caption extension {ext} is an image extension: captions would overwrite the images they describe "
-            "(or be read as images next time); use .txt or .caption."
-        )
-    inputs = {os.path.normcase(os.path.abspath(f)) for f in files}
-    for f in files:
-        cap = f.with_suffix(ext)
-        if os.path.normcase(os.path.abspath(cap)) in inputs:
-            raise OutputPathError(f"the caption of {f} would be written over the input {cap}: choose another caption extension.")
-
-
 def caption_extension(value: str) -> str:
     """``txt`` or ``.txt`` -> ``.txt``; anything that is not a file extension is a usage error."""
-    ext = str(value).strip()
-    if ext and not ext.startswith("."):
-        ext = "." + ext
     try:
-        Path("image").with_suffix(ext)
-        ok = len(ext) > 1
-    except ValueError:
-        ok = False
-    if not ok:
-        raise click.BadParameter(f"{value!r} is not a file extension such as .txt or .caption.", param_hint="'--caption-extension'")
-    return ext
-
-
-def sidecar_collisions(files: list[Path], ext: str) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Images whose caption file another image already claims (``a.png`` and ``a.jpg`` -> ``a.txt``).
-
-    Returns ``(kept, problems)``: the first image (in the given order) keeps the caption; each
-    later one is a problem naming both, so no caption is silently overwritten.
-    """
-    owner: dict[str, Path] = {}
-    kept: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for f in files:
-        cap = f.with_suffix(ext)
-        key = os.path.normcase(os.path.abspath(cap))
-        first = owner.setdefault(key, f)
-        if first is f:
-            kept.append(f)
-        else:
-            problems.append((str(f), f"its caption {cap.name} is already written for {first.name}; rename one of the two images"))
-    return kept, problems
-
-
-def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: bool, character_first: bool) -> str:
-    tags = list(result.tags)
-    if character_first:
-        tags.sort(key=lambda t: t.category != "character")  # stable: score order kept within groups
-    names = [t.name for t in tags]
-    values = [t.score for t in tags] if scores else None
-    if include_rating and result.rating:
-        top = result.top_rating()
-        names.insert(0, f"rating:{top}" if not top.startswith("rating:") else top)
-        if values is not None:
-            values.insert(0, result.rating[top])
-    return policy.join(names, values)
+        return normalise_extension(value)
+    except InputError as e:
+        raise click.BadParameter(str(e), param_hint="'--caption-extension'") from None
 
 
 @click.command("tag")
@@ -272,8 +196,9 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
 
     Exit codes: 0 all tagged, 1 some images failed (each named on stderr), 2 usage, model or config error.
     """
-    from .run import expand_paths, tag_files
+    from ..tagger.run import expand_paths, tag_files
 
+    started = time.monotonic()
     files, problems = expand_paths(paths, recursive=recursive)
     check_run_outputs(files, output, failures, sidecar, caption_extension)
     skipped = 0
@@ -304,7 +229,7 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
     n_results = 0
     n_problems = len(failed_records)
     stopped = False
-    progress = Progress(len(files), desc="tagging", enabled=not quiet)
+    progress = Progress(len(files), desc="tagging", enabled=not quiet, start=started)
     progress.skipped = skipped
     with ExitStack() as stack:
         # results stream to stdout or to a temp file renamed over --output at the end: memory stays
@@ -316,16 +241,17 @@ def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, f
             click.echo(text, file=out)
 
         stack.enter_context(progress)
+        # Ctrl-C stops the run between images: what was complete is still written (the --output
+        # list closed, --failures recorded), then the exit code is 130; a second Ctrl-C stops at once
+        ctrl_c = stack.enter_context(GracefulInterrupt())
         results = tag_files(tagger, files, options)
         while True:
-            # Ctrl-C stops the run between images: what was complete is still written (the
-            # --output list closed, --failures recorded), then the exit code is 130
+            if ctrl_c.requested:
+                stopped = True
+                break
             try:
                 result = next(results)
             except StopIteration:
-                break
-            except KeyboardInterrupt:
-                stopped = True
                 break
             n_results += 1
             progress.update(result.error is None)
@@ -407,7 +333,7 @@ def convert_deepdanbooru_command(src, dst, allow_pickle, tags_file):
     Example:
       tagloop convert-deepdanbooru models/torch_deepdanbooru/model-resnet_custom_v3.pt
     """
-    from .deepdanbooru import convert_to_safetensors
+    from ..tagger.deepdanbooru import convert_to_safetensors
 
     out = convert_to_safetensors(src, dst, allow_pickle=allow_pickle, tags_file=tags_file)
     click.echo(str(out))
