@@ -10,8 +10,9 @@ import sys
 import click
 
 from .. import __version__
-from ..config import build_default_map, find_config, read_config
+from ..config import find_config, read_config
 from ..errors import TagloopError
+from .config import build_default_map
 from .errors import interrupted, to_command_error
 
 
