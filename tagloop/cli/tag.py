@@ -59,6 +59,7 @@ UNIT_FLOAT = click.FloatRange(0.0, 1.0)
 
 def tagger_options(f: Callable) -> Callable:
     """The options that choose, load and threshold a tagger (shared by ``tag`` and ``prompt``)."""
+    from ..tagger.base import backends
     from ..tagger.resolve import DEFAULT_MODEL
 
     options = [
@@ -76,7 +77,7 @@ def tagger_options(f: Callable) -> Callable:
                      help="Compute precision (auto: bf16/fp16 on CUDA, fp32 on CPU)."),
         click.option("--require-gpu", is_flag=True, default=False, help="Fail instead of falling back to the CPU when CUDA is not in use."),
         click.option("--tensorrt", is_flag=True, default=False, help="ONNX models: try onnxruntime's TensorRT provider first."),
-        click.option("--backend", type=click.Choice(["deepdanbooru", "onnx", "wd-timm"]), default=None,
+        click.option("--backend", type=click.Choice(list(backends())), default=None,
                      help="Force a tagger backend (default: detected from the files)."),
         click.option("--allow-pickle", is_flag=True, default=False,
                      help="Allow full-pickle .ckpt/.pt files (they can run code: only for files you trust)."),

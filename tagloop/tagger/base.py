@@ -123,12 +123,9 @@ def register_backend(name: str, detect: Callable[[Path], bool]):
 
 
 def backends() -> dict[str, Backend]:
-    _import_builtin_backends()
+    """The registered backends, in registration order (the built-in ones register when
+    :mod:`tagloop.tagger` is imported, which importing this module does first)."""
     return dict(_BACKENDS)
-
-
-def _import_builtin_backends() -> None:
-    from . import deepdanbooru, onnx_tagger, wd_timm  # noqa: F401  (they register themselves)
 
 
 def check_one_model(path: Path) -> None:
