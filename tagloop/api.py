@@ -103,7 +103,7 @@ def _result_from_tags(tags: "str | Iterable[Any]") -> "TagResult":
     from .tagtext import split_tags
 
     if isinstance(tags, str):
-        from .prompt.command import parse_tag_text
+        from .prompt.sources import parse_tag_text
 
         return parse_tag_text(tags)[0]
     scores = []
