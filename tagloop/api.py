@@ -163,13 +163,11 @@ def clear_cache() -> None:
 
     clear_taggers()
     with _GEN_LOCK:
-        for gen in _GENERATORS.values():
-            unload = getattr(gen, "unload", None)
-            if unload is not None:
-                unload()
         _GENERATORS.clear()
     import sys
 
+    if "tagloop.generator.models" in sys.modules:
+        sys.modules["tagloop.generator.models"].cache_clear()
     if "torch" in sys.modules:
         import gc
 

@@ -151,3 +151,39 @@ def test_only_the_cli_imports_click():
         if any(line.strip().startswith(("import click", "from click")) for line in text.splitlines()):
             offenders.append(str(path.relative_to(ROOT)))
     assert not offenders
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory):
+    from tagloop.testing import diffusion as tiny
+
+    root = tmp_path_factory.mktemp("sd1api")
+    pipe = tiny.save_tiny_diffusers("sd1", root / "diffusers")
+    from tagloop.generator.tiny import write_config_folder
+
+    write_config_folder(pipe, root / "config")
+    ckpt = tiny.save_tiny_single_file(pipe, "sd1", root / "tinyanime_v1.safetensors")
+    return {"ckpt": ckpt, "config": root / "config"}
+
+
+def test_generator_api_equals_the_cli_and_reads_back(sd1, tmp_path):
+    gen = tagloop.load_generator(sd1["ckpt"], device="cpu", config=sd1["config"], progress=False)
+    assert tagloop.load_generator(sd1["ckpt"], device="cpu", config=sd1["config"], progress=False) is gen
+    fields = dict(prompt="1girl, (silver hair:1.2)", negative_prompt="lowres", seed=5, steps=2, width=64, height=64)
+    images = gen.generate(out_dir=tmp_path / "api", **fields)
+    same = gen.generate(tagloop.GenerationSettings(**fields), out_dir=str(tmp_path / "api2"))
+    assert len(images) == 1 and images[0].seed == 5 and images[0].path.is_file()
+    assert np.array_equal(np.asarray(images[0].image), np.asarray(same[0].image))
+    r = CliRunner().invoke(main, ["generate", "--model", str(sd1["ckpt"]), "--config-dir", str(sd1["config"]),
+                                  "--prompt", fields["prompt"], "--negative", "lowres", "--seed", "5", "--steps", "2",
+                                  "--size", "64x64", "--device", "cpu", "-q", "--out", str(tmp_path / "cli")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    cli_png = next((tmp_path / "cli").glob("*.png"))
+    assert np.array_equal(np.asarray(Image.open(cli_png).convert("RGB")), np.asarray(Image.open(images[0].path).convert("RGB")))
+    info = tagloop.read_infotext(images[0].path)
+    cli_info = json.loads(CliRunner().invoke(main, ["info", str(images[0].path)], catch_exceptions=False).stdout)
+    assert info == cli_info
+    assert info["infotext"] == images[0].infotext
+    with pytest.raises(tagloop.InputError, match="unknown generation setting"):
+        gen.generate(prompt="x", stpes=3)

@@ -22,6 +22,8 @@ import random
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from ..errors import InputError
 from typing import Any, Callable, Iterable, Literal
 
 from .models import (
@@ -69,7 +71,7 @@ FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
 }
 
 
-class SettingsError(GeneratorError):
+class SettingsError(InputError):
     """A generation setting is out of range or unknown."""
 
 
@@ -128,6 +130,25 @@ class GeneratedImage:
     image: Any
     prompt: str = ""
     negative_prompt: str = ""
+
+
+def make_settings(settings: GenerationSettings | None = None, **fields: Any) -> GenerationSettings:
+    """``settings`` with ``fields`` replaced (a new :class:`GenerationSettings` without ``settings``).
+
+    An unknown field is a :class:`SettingsError` naming it; ``out_dir`` and ``init_image`` may be
+    strings. Values are checked by :func:`check_settings` before any weights load.
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(GenerationSettings)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise SettingsError(f"unknown generation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    if fields.get("out_dir") is not None:
+        fields["out_dir"] = Path(fields["out_dir"])
+    if settings is None:
+        return GenerationSettings(**fields)
+    return dataclasses.replace(settings, **fields) if fields else settings
 
 
 def _err(msg: str) -> SettingsError:
@@ -475,10 +496,12 @@ class Generator:
         set_memory_options(self._loaded, vae_tiling=self.vae_tiling, attention_slicing=self.attention_slicing)
         return self._loaded
 
-    def generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
-        """Generate every image of ``settings``; PNGs are written to ``settings.out_dir`` when set."""
+    def generate(self, settings: GenerationSettings | None = None, **fields: Any) -> list[GeneratedImage]:
+        """Generate every image of ``settings`` (a :class:`GenerationSettings`, or its fields as keywords,
+        or both: keywords replace the settings' fields); PNGs are written to ``out_dir`` when set."""
         from tqdm.auto import tqdm
 
+        settings = make_settings(settings, **fields)
         s, jobs, init = self.prepare(settings)
         loaded = self.load()
         texts = [j.clean_positive for j in jobs] + [j.clean_negative for j in jobs]

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from .. import errors
+from ..errors import TagloopError
+
 Family = Literal["sd1", "sd2", "sdxl", "sd3"]
 DType = Literal["auto", "fp32", "fp16", "bf16", "fp8"]
 FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3")
@@ -61,16 +64,10 @@ PACKAGED_CONFIGS = {"sd1": "sd15", "sdxl": "sdxl-base", "sd3-medium": "sd35-medi
 CLIP_BPE_FILE = "clip_bpe_simple_vocab_16e6.txt.gz"
 
 
-class GeneratorError(Exception):
-    """A user-facing generator problem; the message is one sentence naming the thing and the fix (exit 2)."""
-
-
-class ModelFileError(GeneratorError):
-    """A file is not the kind of model it was given as."""
-
-
-class ModelNotFoundError(GeneratorError):
-    """A model, VAE, LoRA or embedding is not on disk and cannot be downloaded."""
+# The generator's errors are tagloop's one family (tagloop.errors), under the names this package uses.
+GeneratorError = TagloopError
+ModelFileError = errors.ModelFileError
+ModelNotFoundError = errors.ModelNotFoundError
 
 
 # --- reading checkpoint headers -----------------------------------------------------------------
