@@ -19,3 +19,28 @@ def _isolated_config(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
+
+
+# --- tiny models shared by the whole session (built once; tests copy them before changing anything) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_dd(tmp_path_factory):
+    """A tiny DeepDanbooru in A1111's file name and key layout: ``(path, tags)``."""
+    from tagloop.testing import save_tiny_deepdanbooru
+
+    folder = tmp_path_factory.mktemp("tiny_dd")
+    return save_tiny_deepdanbooru(folder / "model-resnet_custom_v3.pt", num_tags=24, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dd_path(tiny_dd):
+    return tiny_dd[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_wd(tmp_path_factory):
+    """A tiny WD14 release folder (``model.onnx`` + ``selected_tags.csv``, 12 general and 4 character tags)."""
+    from tagloop.testing import save_tiny_wd14_onnx
+
+    return save_tiny_wd14_onnx(tmp_path_factory.mktemp("tiny_wd") / "wd", num_general=12, num_character=4, seed=3)

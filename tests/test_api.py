@@ -19,17 +19,6 @@ from tagloop.testing import save_tiny_deepdanbooru, save_tiny_wd14_onnx
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def wd_model(tmp_path_factory):
-    return save_tiny_wd14_onnx(tmp_path_factory.mktemp("wd") / "wd", num_general=12, num_character=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def dd_model(tmp_path_factory):
-    path, _ = save_tiny_deepdanbooru(tmp_path_factory.mktemp("dd") / "model-resnet_custom_v3.pt", num_tags=24, seed=1)
-    return path
-
-
 @pytest.fixture()
 def images(tmp_path):
     paths = []
@@ -47,60 +36,60 @@ def cli_json(*args):
     return json.loads(r.stdout)
 
 
-def test_tag_many_equals_the_cli_json(wd_model, images):
-    tagger = tagloop.load_tagger(wd_model, device="cpu")
+def test_tag_many_equals_the_cli_json(tiny_wd, images):
+    tagger = tagloop.load_tagger(tiny_wd, device="cpu")
     api = [r.to_json() for r in tagger.tag_many(images, batch_size=2, general_threshold=0.3)]
-    cli = cli_json("tag", *images, "--model", wd_model, "--device", "cpu", "--format", "json", "--batch-size", "2",
+    cli = cli_json("tag", *images, "--model", tiny_wd, "--device", "cpu", "--format", "json", "--batch-size", "2",
                    "--general-threshold", "0.3")
     assert api == cli
 
 
-def test_one_call_tag_and_image_kinds(dd_model, images):
-    by_path = tagloop.tag(images[0], model=dd_model, device="cpu", threshold=0.2)
+def test_one_call_tag_and_image_kinds(tiny_dd_path, images):
+    by_path = tagloop.tag(images[0], model=tiny_dd_path, device="cpu", threshold=0.2)
     data = images[0].read_bytes()
-    by_bytes = tagloop.tag(data, model=dd_model, device="cpu", threshold=0.2)
-    by_file = tagloop.tag(io.BytesIO(data), model=dd_model, device="cpu", threshold=0.2)
-    by_pil = tagloop.tag(Image.open(images[0]), model=dd_model, device="cpu", threshold=0.2)
+    by_bytes = tagloop.tag(data, model=tiny_dd_path, device="cpu", threshold=0.2)
+    by_file = tagloop.tag(io.BytesIO(data), model=tiny_dd_path, device="cpu", threshold=0.2)
+    by_pil = tagloop.tag(Image.open(images[0]), model=tiny_dd_path, device="cpu", threshold=0.2)
     names = [t.name for t in by_path.tags]
     assert names and all([t.name for t in r.tags] == names for r in (by_bytes, by_file, by_pil))
     assert by_path.threshold == 0.2 and by_path.threshold_mode == "fixed"
-    cli = cli_json("tag", images[0], "--model", dd_model, "--device", "cpu", "--threshold", "0.2", "--format", "json")
+    cli = cli_json("tag", images[0], "--model", tiny_dd_path, "--device", "cpu", "--threshold", "0.2", "--format", "json")
     assert by_path.to_json() == cli
 
 
-def test_the_same_model_is_loaded_once_and_clear_cache_releases_it(dd_model):
-    a = tagloop.load_tagger(dd_model, device="cpu")
-    assert tagloop.load_tagger(dd_model, device="cpu") is a
+def test_the_same_model_is_loaded_once_and_clear_cache_releases_it(tiny_dd_path):
+    a = tagloop.load_tagger(tiny_dd_path, device="cpu")
+    assert tagloop.load_tagger(tiny_dd_path, device="cpu") is a
     tagloop.clear_cache()
-    assert tagloop.load_tagger(dd_model, device="cpu") is not a
+    assert tagloop.load_tagger(tiny_dd_path, device="cpu") is not a
 
 
-def test_bad_image_is_a_result_with_error(wd_model, tmp_path, images):
+def test_bad_image_is_a_result_with_error(tiny_wd, tmp_path, images):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    results = list(tagloop.load_tagger(wd_model, device="cpu").tag_many([images[0], bad, images[1]]))
+    results = list(tagloop.load_tagger(tiny_wd, device="cpu").tag_many([images[0], bad, images[1]]))
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error and results[1].path == str(bad)
 
 
-def test_errors_are_one_family_and_name_settings(wd_model, tmp_path, images):
+def test_errors_are_one_family_and_name_settings(tiny_wd, tmp_path, images):
     with pytest.raises(tagloop.ModelNotFoundError) as e:
         tagloop.load_tagger(tmp_path / "missing.onnx")
     assert isinstance(e.value, tagloop.TagloopError)
     with pytest.raises(tagloop.InputError, match="general_threshold"):
-        tagloop.tag(images[0], model=wd_model, device="cpu", general_threshold=1.5)
+        tagloop.tag(images[0], model=tiny_wd, device="cpu", general_threshold=1.5)
     with pytest.raises(tagloop.InputError, match="unknown tag option"):
-        tagloop.tag(images[0], model=wd_model, device="cpu", treshold=0.3)
+        tagloop.tag(images[0], model=tiny_wd, device="cpu", treshold=0.3)
     with pytest.raises(tagloop.InputError, match="device"):
-        tagloop.load_tagger(wd_model, device="gpu")
+        tagloop.load_tagger(tiny_wd, device="gpu")
     with pytest.raises(tagloop.InputError, match="budget"):
         tagloop.compose_prompt("1girl", budget=-1)
     for e in (tagloop.ConfigError, tagloop.InputError, tagloop.ModelFileError, tagloop.GPUUnavailableError, tagloop.HubError):
         assert issubclass(e, tagloop.TagloopError)
 
 
-def test_compose_prompt_equals_the_cli(wd_model, images, tmp_path):
-    result = tagloop.load_tagger(wd_model, device="cpu").tag(images[0], threshold=0.2)
+def test_compose_prompt_equals_the_cli(tiny_wd, images, tmp_path):
+    result = tagloop.load_tagger(tiny_wd, device="cpu").tag(images[0], threshold=0.2)
     composed = tagloop.compose_prompt(result, preset="sd15-anime", negative_preset="anime")
     src = tmp_path / "r.json"
     src.write_text(json.dumps(result.to_json()), encoding="utf-8")
@@ -130,15 +119,15 @@ def test_import_tagloop_and_help_load_no_torch():
     )
 
 
-def test_tagging_with_an_onnx_tagger_never_imports_torch(wd_model, images):
+def test_tagging_with_an_onnx_tagger_never_imports_torch(tiny_wd, images):
     mods = _modules_after(
         "import sys\n"
-        f"sys.argv=['tagloop','tag',{str(images[0])!r},'--model',{str(wd_model)!r},'-q']\n"
+        f"sys.argv=['tagloop','tag',{str(images[0])!r},'--model',{str(tiny_wd)!r},'-q']\n"
         "from tagloop.cli import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
     )
     assert "onnxruntime" in mods and not HEAVY & mods
-    mods = _modules_after(f"import tagloop\nr = tagloop.tag({str(images[0])!r}, model={str(wd_model)!r})\nassert r.ok")
+    mods = _modules_after(f"import tagloop\nr = tagloop.tag({str(images[0])!r}, model={str(tiny_wd)!r})\nassert r.ok")
     assert not HEAVY & mods
 
 

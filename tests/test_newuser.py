@@ -22,18 +22,6 @@ from tagloop.tagger.onnx_tagger import save_tiny_wd14_onnx
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dd_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dd")
-    path, _ = save_tiny_deepdanbooru(folder / "model-resnet_custom_v3.pt", num_tags=24, seed=1)
-    return path
-
-
-@pytest.fixture(scope="module")
-def wd_model(tmp_path_factory):
-    return save_tiny_wd14_onnx(tmp_path_factory.mktemp("wd") / "wd", num_general=12, num_character=4, seed=3)
-
-
 def picture(path: Path, seed: int = 0, size=(96, 64)) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(path, format="PNG")
@@ -53,13 +41,13 @@ def _env():
 
 
 @pytest.mark.parametrize("ext", ["jpg", ".png", ".WEBP"])
-def test_sidecar_with_an_image_extension_is_refused_and_images_survive(tmp_path, dd_model, ext):
+def test_sidecar_with_an_image_extension_is_refused_and_images_survive(tmp_path, tiny_dd_path, ext):
     folder = tmp_path / "loss"
     folder.mkdir()
     a = picture(folder / "a.jpg", 1)
     b = picture(folder / "b.png", 2)
     before = {p: p.read_bytes() for p in (a, b)}
-    r = run("tag", folder, "--model", dd_model, "--sidecar", "--caption-extension", ext)
+    r = run("tag", folder, "--model", tiny_dd_path, "--sidecar", "--caption-extension", ext)
     assert r.exit_code == 2
     assert "image extension" in r.stderr and "Usage:" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -68,37 +56,37 @@ def test_sidecar_with_an_image_extension_is_refused_and_images_survive(tmp_path,
 
 
 @pytest.mark.parametrize("option", ["-o", "--output", "--failures"])
-def test_output_that_is_an_input_is_refused_before_any_work(tmp_path, dd_model, option):
+def test_output_that_is_an_input_is_refused_before_any_work(tmp_path, tiny_dd_path, option):
     a = picture(tmp_path / "a.png", 1)
     before = a.read_bytes()
-    r = run("tag", a, "--model", dd_model, option, a)
+    r = run("tag", a, "--model", tiny_dd_path, option, a)
     assert r.exit_code == 2 and "input" in r.stderr and "Usage:" not in r.stderr
     assert a.read_bytes() == before
 
 
-def test_output_given_by_another_name_of_the_input_is_refused(tmp_path, dd_model):
+def test_output_given_by_another_name_of_the_input_is_refused(tmp_path, tiny_dd_path):
     a = picture(tmp_path / "a.png", 1)
     link = tmp_path / "link.png"
     os.link(a, link)  # a hard link is the same file under another name
     before = a.read_bytes()
-    r = run("tag", tmp_path, "--model", dd_model, "-o", str(tmp_path / "." / "link.png"))
+    r = run("tag", tmp_path, "--model", tiny_dd_path, "-o", str(tmp_path / "." / "link.png"))
     assert r.exit_code == 2
     assert a.read_bytes() == before
 
 
-def test_caption_landing_on_an_explicit_input_is_refused(tmp_path, dd_model):
+def test_caption_landing_on_an_explicit_input_is_refused(tmp_path, tiny_dd_path):
     a = picture(tmp_path / "shot.txt", 1)  # an image with an odd name, given explicitly
     before = a.read_bytes()
-    r = run("tag", a, "--model", dd_model, "--sidecar")
+    r = run("tag", a, "--model", tiny_dd_path, "--sidecar")
     assert r.exit_code == 2 and "caption" in r.stderr
     assert a.read_bytes() == before
 
 
-def test_outputs_get_the_mode_a_plain_open_gives(tmp_path, dd_model):
+def test_outputs_get_the_mode_a_plain_open_gives(tmp_path, tiny_dd_path):
     a = picture(tmp_path / "a.png", 1)
     old = os.umask(0o022)
     try:
-        r = run("tag", a, "--model", dd_model, "--sidecar", "-o", tmp_path / "out.txt", "--failures", tmp_path / "f.jsonl")
+        r = run("tag", a, "--model", tiny_dd_path, "--sidecar", "-o", tmp_path / "out.txt", "--failures", tmp_path / "f.jsonl")
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.output
@@ -106,7 +94,7 @@ def test_outputs_get_the_mode_a_plain_open_gives(tmp_path, dd_model):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
     # an existing file keeps its own mode when it is replaced
     (tmp_path / "a.txt").chmod(0o640)
-    assert run("tag", a, "--model", dd_model, "--sidecar").exit_code == 0
+    assert run("tag", a, "--model", tiny_dd_path, "--sidecar").exit_code == 0
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
 
 
@@ -125,11 +113,11 @@ def test_atomic_write_mode_follows_the_umask(tmp_path):
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o640
 
 
-def test_convert_deepdanbooru_does_not_write_over_its_tags_file(tmp_path, dd_model):
+def test_convert_deepdanbooru_does_not_write_over_its_tags_file(tmp_path, tiny_dd_path):
     tags = tmp_path / "tags.txt"
     tags.write_text("\n".join(f"t{i}" for i in range(24)), encoding="utf-8")
     before = tags.read_bytes()
-    r = run("convert-deepdanbooru", dd_model, tags, "--tags-file", tags)
+    r = run("convert-deepdanbooru", tiny_dd_path, tags, "--tags-file", tags)
     assert r.exit_code == 2 and "input" in r.stderr
     assert tags.read_bytes() == before
 
@@ -147,19 +135,19 @@ def test_a_missing_local_model_is_no_such_file(tmp_path, monkeypatch, spec):
     assert "no such file or folder" in r.stderr and "hub" not in r.stderr and "Usage:" not in r.stderr
 
 
-def test_a_folder_with_two_models_names_them_and_refuses(tmp_path, dd_model, wd_model):
+def test_a_folder_with_two_models_names_them_and_refuses(tmp_path, tiny_dd_path, tiny_wd):
     both = tmp_path / "both"
-    shutil.copytree(wd_model, both)
-    shutil.copy(dd_model, both / dd_model.name)
+    shutil.copytree(tiny_wd, both)
+    shutil.copy(tiny_dd_path, both / tiny_dd_path.name)
     picture(tmp_path / "a.png")
     r = run("tag", tmp_path / "a.png", "--model", both)
     assert r.exit_code == 2
-    assert "several tagger models" in r.stderr and "model.onnx" in r.stderr and dd_model.name in r.stderr
+    assert "several tagger models" in r.stderr and "model.onnx" in r.stderr and tiny_dd_path.name in r.stderr
 
 
-def test_a_folder_with_several_onnx_files_says_which_it_took(tmp_path, wd_model):
+def test_a_folder_with_several_onnx_files_says_which_it_took(tmp_path, tiny_wd):
     folder = tmp_path / "wd"
-    shutil.copytree(wd_model, folder)
+    shutil.copytree(tiny_wd, folder)
     shutil.copy(folder / "model.onnx", folder / "model_fp16.onnx")
     picture(tmp_path / "a.png")
     r = run("tag", tmp_path / "a.png", "--model", folder)
@@ -167,13 +155,13 @@ def test_a_folder_with_several_onnx_files_says_which_it_took(tmp_path, wd_model)
     assert "using model.onnx" in r.stderr and "model_fp16.onnx" in r.stderr
 
 
-def test_mcut_json_states_the_thresholds_really_applied(tmp_path, wd_model):
+def test_mcut_json_states_the_thresholds_really_applied(tmp_path, tiny_wd):
     a = picture(tmp_path / "a.png", 4)
-    data = json.loads(run("tag", a, "--model", wd_model, "--mcut", "--format", "json").stdout)
+    data = json.loads(run("tag", a, "--model", tiny_wd, "--mcut", "--format", "json").stdout)
     assert data["threshold_mode"] == "mcut"
     general = data["thresholds"]["general"]
     assert data["threshold"] == general
-    every = json.loads(run("tag", a, "--model", wd_model, "--threshold", "0", "--format", "json").stdout)
+    every = json.loads(run("tag", a, "--model", tiny_wd, "--threshold", "0", "--format", "json").stdout)
     scores = sorted((t["score"] for t in every["tags"] if t["category"] == "general"), reverse=True)
     # MCut: the threshold sits in the largest gap of the sorted scores (independent recomputation)
     gaps = [scores[i] - scores[i + 1] for i in range(len(scores) - 1)]
@@ -185,16 +173,16 @@ def test_mcut_json_states_the_thresholds_really_applied(tmp_path, wd_model):
         assert data["thresholds"]["character"] >= 0.15
 
 
-def test_adaptive_json_keeps_the_band_value(tmp_path, wd_model):
+def test_adaptive_json_keeps_the_band_value(tmp_path, tiny_wd):
     a = picture(tmp_path / "a.png", 4)
-    data = json.loads(run("tag", a, "--model", wd_model, "--general-threshold", "0.2", "--format", "json").stdout)
+    data = json.loads(run("tag", a, "--model", tiny_wd, "--general-threshold", "0.2", "--format", "json").stdout)
     assert data["threshold"] == 0.2 and data["thresholds"]["general"] == 0.2
     assert data["threshold_mode"] == "adaptive" and data["band_threshold"] in (0.55, 0.45, 0.38)
 
 
-def test_skip_existing_without_sidecar_says_it_is_ignored(tmp_path, dd_model):
+def test_skip_existing_without_sidecar_says_it_is_ignored(tmp_path, tiny_dd_path):
     a = picture(tmp_path / "a.png")
-    r = run("tag", a, "--model", dd_model, "--skip-existing")
+    r = run("tag", a, "--model", tiny_dd_path, "--skip-existing")
     assert r.exit_code == 0 and "--skip-existing" in r.stderr and "ignored" in r.stderr
 
 
@@ -253,13 +241,13 @@ def test_no_gpu_message_says_what_torch_shows():
         assert f"CUDA {torch.version.cuda} build" in msg and "0 GPU" in msg
 
 
-def test_summary_line_and_no_bar_when_stderr_is_not_a_terminal(tmp_path, dd_model):
+def test_summary_line_and_no_bar_when_stderr_is_not_a_terminal(tmp_path, tiny_dd_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(3):
         picture(folder / f"{i}.png", i)
     (folder / "bad.png").write_bytes(b"not a png")
-    r = subprocess.run([sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(dd_model), "--device", "cpu"],
+    r = subprocess.run([sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(tiny_dd_path), "--device", "cpu"],
                        env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("tagloop: 3 tagged")]
@@ -267,13 +255,13 @@ def test_summary_line_and_no_bar_when_stderr_is_not_a_terminal(tmp_path, dd_mode
     assert "\r" not in r.stderr  # no progress bar redraws in a log
 
 
-def test_ctrl_c_exits_130_and_keeps_what_was_complete(tmp_path, wd_model):
+def test_ctrl_c_exits_130_and_keeps_what_was_complete(tmp_path, tiny_wd):
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(1500):
         picture(folder / f"{i:05d}.png", i, size=(32, 32))
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(wd_model), "--device", "cpu",
+    cmd = [sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(tiny_wd), "--device", "cpu",
            "--format", "jsonl", "-o", str(out), "--batch-size", "1", "--workers", "1"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90

@@ -19,13 +19,6 @@ from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dd_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dd")
-    path, tags = save_tiny_deepdanbooru(folder / "model-resnet_custom_v3.pt", num_tags=24, seed=1)
-    return path, tags
-
-
 def picture(path: Path, seed: int = 0, size=(96, 64), mode="RGB"):
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -40,8 +33,8 @@ def run(*args, **kw):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kw)
 
 
-def test_json_contract_and_threshold_zero(tmp_path, dd_model):
-    model, tags = dd_model
+def test_json_contract_and_threshold_zero(tmp_path, tiny_dd):
+    model, tags = tiny_dd
     img = picture(tmp_path / "a.png")
     r = run("tag", img, "--model", model, "--format", "json", "--threshold", "0")
     assert r.exit_code == 0, r.output
@@ -56,8 +49,8 @@ def test_json_contract_and_threshold_zero(tmp_path, dd_model):
     assert set(data["rating"]) == {t.removeprefix("rating:") for t in tags if t.startswith("rating:")}
 
 
-def test_auto_threshold_is_the_band_threshold(tmp_path, dd_model):
-    model, _ = dd_model
+def test_auto_threshold_is_the_band_threshold(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     img = picture(tmp_path / "noise.png")  # random noise: many edges -> complex
     r = run("tag", img, "--model", model, "--format", "json")
     data = json.loads(r.stdout)
@@ -69,8 +62,8 @@ def test_auto_threshold_is_the_band_threshold(tmp_path, dd_model):
     assert data["complexity"] == "simple" and data["threshold"] == 0.55 and data["edge_density"] == 0.0
 
 
-def test_text_output_a1111_style(tmp_path, dd_model):
-    model, _ = dd_model
+def test_text_output_a1111_style(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     img = picture(tmp_path / "a.png")
     r = run("tag", img, "--model", model, "--threshold", "0", "--scores")
     line = r.stdout.strip()
@@ -79,8 +72,8 @@ def test_text_output_a1111_style(tmp_path, dd_model):
     assert "long_hair" in r.stdout
 
 
-def test_bad_files_are_named_and_the_rest_tagged(tmp_path, dd_model):
-    model, _ = dd_model
+def test_bad_files_are_named_and_the_rest_tagged(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     folder = tmp_path / "imgs"
     folder.mkdir()
     picture(folder / "good.JPG")  # upper-case extension counts
@@ -103,8 +96,8 @@ def test_bad_files_are_named_and_the_rest_tagged(tmp_path, dd_model):
     assert all(d["error"] for d in recorded)
 
 
-def test_sidecar_utf8_and_skip_existing(tmp_path, dd_model):
-    model, _ = dd_model
+def test_sidecar_utf8_and_skip_existing(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     img = picture(tmp_path / "キャラ.png")
     r = run("tag", img, "--model", model, "--sidecar", "--threshold", "0.0")
     assert r.exit_code == 0
@@ -129,8 +122,8 @@ def test_wrong_model_files_exit_2(tmp_path):
     assert r.exit_code == 2 and "PNG image" in r.output
 
 
-def test_deepdanbooru_from_a1111_dir(tmp_path, dd_model):
-    model, _ = dd_model
+def test_deepdanbooru_from_a1111_dir(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     a1111 = tmp_path / "webui"
     target = a1111 / "models" / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
     target.parent.mkdir(parents=True)
@@ -176,9 +169,9 @@ def test_hub_download_from_loopback_server(tmp_path):
     assert list((tmp_path / "hf").rglob("model.onnx"))
 
 
-def test_sidecar_same_stem_is_named_not_overwritten(tmp_path, dd_model):
+def test_sidecar_same_stem_is_named_not_overwritten(tmp_path, tiny_dd):
     """a.png and a.jpg would both write a.txt: the first in path order (a.jpg) is captioned, a.png named."""
-    model, _ = dd_model
+    model, _ = tiny_dd
     folder = tmp_path / "set with space"
     folder.mkdir()
     picture(folder / "a.png", seed=1)
@@ -192,8 +185,8 @@ def test_sidecar_same_stem_is_named_not_overwritten(tmp_path, dd_model):
     assert (folder / "a.txt").read_text(encoding="utf-8").strip() == one
 
 
-def test_caption_extension_without_dot_and_unwritable_outputs(tmp_path, dd_model):
-    model, _ = dd_model
+def test_caption_extension_without_dot_and_unwritable_outputs(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     img = picture(tmp_path / "a.png")
     r = run("tag", img, "--model", model, "--sidecar", "--caption-extension", "caption")
     assert r.exit_code == 0, r.output
@@ -214,8 +207,8 @@ def test_caption_extension_without_dot_and_unwritable_outputs(tmp_path, dd_model
     assert r.exit_code == 2 and "f.jsonl" in r.output
 
 
-def test_folder_without_images_is_named(tmp_path, dd_model):
-    model, _ = dd_model
+def test_folder_without_images_is_named(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     picture(empty / "sub" / "deep.png")
@@ -226,8 +219,8 @@ def test_folder_without_images_is_named(tmp_path, dd_model):
     assert r.exit_code == 0, r.output
 
 
-def test_json_output_streams_and_matches_a_list(tmp_path, dd_model):
-    model, _ = dd_model
+def test_json_output_streams_and_matches_a_list(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     paths = [picture(tmp_path / f"{i}.png", seed=i) for i in range(3)]
     r = run("tag", *paths, "--model", model, "--format", "json", "-q")
     assert r.exit_code == 0, r.output
@@ -244,11 +237,11 @@ def test_json_output_streams_and_matches_a_list(tmp_path, dd_model):
     assert [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()] == data
 
 
-def test_model_error_mid_run_leaves_no_output(tmp_path, dd_model, monkeypatch):
+def test_model_error_mid_run_leaves_no_output(tmp_path, tiny_dd, monkeypatch):
     from tagloop.tagger.base import ModelFileError
     from tagloop.tagger.deepdanbooru import DeepDanbooruTagger
 
-    model, _ = dd_model
+    model, _ = tiny_dd
     paths = [picture(tmp_path / f"{i}.png", seed=i) for i in range(4)]
     real = DeepDanbooruTagger.predict
     calls = []
@@ -267,8 +260,8 @@ def test_model_error_mid_run_leaves_no_output(tmp_path, dd_model, monkeypatch):
     assert not out.exists() and not list(out.parent.glob("*"))
 
 
-def test_max_tags_counts_the_tags_left_after_filters(tmp_path, dd_model):
-    model, _ = dd_model
+def test_max_tags_counts_the_tags_left_after_filters(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     img = picture(tmp_path / "a.png")
     every = json.loads(run("tag", img, "--model", model, "--threshold", "0", "--format", "json").stdout)["tags"]
     blocked = every[0]["name"]
@@ -295,8 +288,8 @@ def test_pickled_checkpoints_are_named_by_their_keys(tmp_path):
     assert r.exit_code == 2 and "LoRA" in r.output
 
 
-def test_tensorrt_that_cannot_apply_is_said(tmp_path, dd_model):
-    model, _ = dd_model
+def test_tensorrt_that_cannot_apply_is_said(tmp_path, tiny_dd):
+    model, _ = tiny_dd
     img = picture(tmp_path / "a.png")
     r = run("tag", img, "--model", model, "--tensorrt", "--device", "cpu")
     assert r.exit_code == 0, r.output
