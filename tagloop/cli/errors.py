@@ -41,7 +41,30 @@ def exit_code_for(error: BaseException) -> int:
 
 
 def to_command_error(error: TagloopError) -> CommandError:
-    return CommandError(str(error), exit_code_for(error))
+    return CommandError(with_flags(str(error)), exit_code_for(error))
+
+
+def with_flags(message: str) -> str:
+    """Library messages name settings in backticks (`` `steps` ``); on the command line, add the
+    option that sets each one: `` `steps` (--steps) ``."""
+    import re
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return message
+    flags: dict[str, str] = {}
+    for param in ctx.command.params:
+        longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        if param.name and longs:
+            flags.setdefault(param.name, longs[0])
+            for o in longs:
+                flags.setdefault(o[2:].replace("-", "_"), o)
+
+    def add(m: re.Match) -> str:
+        flag = flags.get(m.group(1))
+        return f"`{m.group(1)}` ({flag})" if flag else m.group(0)
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", add, message)
 
 
 def interrupted() -> click.exceptions.Exit:

@@ -348,7 +348,7 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
         if tokens.tokens > budget:
             warnings.append(
                 f"the prompt still has {tokens.tokens} CLIP tokens, over the budget of {budget}: quality tags, trigger words, "
-                "LoRA and pinned tags are never dropped; raise `--budget` or shorten them."
+                "LoRA and pinned tags are never dropped; raise `budget` or shorten them."
             )
     if budget is not None and not tokens.exact:
         warnings.append("token counts are an estimate; pass `--tokenizer DIR` (a CLIP tokenizer folder) for exact counts.")

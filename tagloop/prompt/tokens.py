@@ -230,7 +230,7 @@ def _load_counter(spec: str) -> TokenCounter:
         bpe = PACKAGED_BPE if spec == "auto" and PACKAGED_BPE.is_file() else open_clip_bpe_path()
         if bpe is None:
             if spec == "open_clip":
-                raise TokenizerError("`--tokenizer open_clip` needs the open_clip package (pip install open-clip-torch).")
+                raise TokenizerError("`tokenizer` open_clip needs the open_clip package (pip install open-clip-torch).")
             return EstimateTokenCounter()
         return ClipTokenCounter(clip_tokenizer_from_bpe(bpe), "clip-bpe" if bpe == PACKAGED_BPE else "open_clip-bpe")
     path = Path(spec)

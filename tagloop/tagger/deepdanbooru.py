@@ -619,7 +619,7 @@ def _resolve_tags(
             f"next to it or pass `--tags-file`."
         )
     if not label.is_file():
-        raise ModelFileError(f"Tag list {str(label)!r} does not exist; check `--tags-file`.")
+        raise ModelFileError(f"Tag list {str(label)!r} does not exist; check `tags_file`.")
     tags, cats = read_label_file(label)
     cats = ["rating" if t.startswith("rating:") else c for t, c in zip(tags, cats)]
     return tags, cats, str(label)
@@ -730,7 +730,7 @@ def _compute_dtype(device: str, dtype: str) -> "torch.dtype":
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if dtype not in _DTYPES:
-        raise TaggerError(f"`--dtype` must be auto, fp32, fp16 or bf16, not {dtype!r}.")
+        raise TaggerError(f"`dtype` must be auto, fp32, fp16 or bf16, not {dtype!r}.")
     return getattr(torch, _DTYPES[dtype])
 
 
@@ -849,7 +849,7 @@ def load_deepdanbooru(path: str | Path, options: LoadOptions | None = None) -> D
     size = parse_input_size(input_size) if input_size is not None else (_project_input_size(model_file) or parse_input_size(None))
     device = resolve_device(options.device)
     if options.require_gpu and not device.startswith("cuda"):
-        raise GPUUnavailableError("`--require-gpu` was given but DeepDanbooru would run on the CPU; drop `--device cpu` or the flag.")
+        raise GPUUnavailableError("`require_gpu` is set but DeepDanbooru would run on the CPU; set `device` to auto or cuda on a GPU machine, or drop `require_gpu`.")
     dtype = _compute_dtype(device, options.dtype)
     sd, embedded = read_deepdanbooru_file(model_file, allow_pickle=options.allow_pickle)
     widths = widths_from_state_dict(sd, str(model_file))

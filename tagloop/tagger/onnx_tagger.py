@@ -210,7 +210,7 @@ def _resolve_onnx_device(device: str) -> tuple[bool, int]:
         try:
             return True, int(device.split(":", 1)[1])
         except ValueError:
-            raise TaggerError(f"`--device` {device!r} is not cuda:<index>.") from None
+            raise TaggerError(f"`device` {device!r} is not cuda:<index>.") from None
     if device == "auto":
         from ..devices import guess_device
 
@@ -546,7 +546,7 @@ def load_onnx_tagger(path: Path, options: LoadOptions | None = None) -> OnnxTagg
     label_file = find_label_file(onnx_file, options.tags_file)
     if label_file is None or not Path(label_file).is_file():
         where = label_file if label_file is not None else f"selected_tags.csv or tags.txt beside {onnx_file.name}"
-        raise ModelNotFoundError(f"No tag list for {onnx_file}: {where} not found; pass it with --tags-file.")
+        raise ModelNotFoundError(f"No tag list for {onnx_file}: {where} not found; put it there or set `tags_file`.")
     label_file = Path(label_file)
     tags, categories = read_label_file(label_file)
 
@@ -576,7 +576,7 @@ def load_onnx_tagger(path: Path, options: LoadOptions | None = None) -> OnnxTagg
         reason = explain_cuda_fallback()
         message = f"{onnx_file} runs on the CPU, not on CUDA as asked: {reason}."
         if options.require_gpu:
-            raise GPUUnavailableError(message + " (--require-gpu is set, so tagloop stops here)")
+            raise GPUUnavailableError(message + " (`require_gpu` is set, so tagloop stops here)")
         _warn_once((str(onnx_file.resolve()), "cuda"), message + " Tagging continues on the CPU, much slower.")
     elif options.tensorrt and want_cuda and TRT_EP not in used:
         _warn_once(

@@ -151,13 +151,13 @@ def get_tagger(
             if options.require_gpu and not str(tagger.device).startswith("cuda"):
                 tagger.close()
                 raise GPUUnavailableError(
-                    f"--require-gpu: the tagger runs on {tagger.device}, not on a CUDA GPU "
+                    f"`require_gpu` is set but the tagger runs on {tagger.device}, not on a CUDA GPU "
                     "(torch sees no GPU, or the model's runtime cannot use it)."
                 )
             if options.tensorrt and (tagger.backend != "onnx" or not str(tagger.device).startswith("cuda")):
                 from ..notices import notice
 
-                notice(f"--tensorrt ignored: TensorRT runs ONNX models on CUDA, and this tagger is {tagger.describe()}.")
+                notice(f"`tensorrt` (--tensorrt) ignored: TensorRT runs ONNX models on CUDA, and this tagger is {tagger.describe()}.")
             _CACHE[key] = tagger
         return tagger
 

@@ -332,7 +332,7 @@ def _pick_dtype(options: LoadOptions, device: str) -> str:
 
     if device == "cpu":
         if options.dtype == "fp16":
-            raise TaggerError("`--dtype fp16` is not supported on the CPU; use fp32 or bf16.")
+            raise TaggerError("`dtype` fp16 is not supported on the CPU; use fp32 or bf16.")
         return "bf16" if options.dtype == "bf16" else "fp32"
     if options.dtype != "auto":
         return options.dtype
@@ -380,7 +380,7 @@ def load_wd_timm(path: Path, options: LoadOptions | None = None) -> WdTimmTagger
         raise ModelNotFoundError(f"No {WEIGHTS_NAME} in {folder}; download it beside config.json.")
     label_file = find_label_file(folder, options.tags_file)
     if label_file is None or not Path(label_file).is_file():
-        raise ModelNotFoundError(f"No selected_tags.csv in {folder}; download it beside config.json or pass --tags-file.")
+        raise ModelNotFoundError(f"No selected_tags.csv in {folder}; download it beside config.json or set `tags_file`.")
     label_file = Path(label_file)
     tags, categories = read_label_file(label_file)
     if len(tags) != config.num_classes:
@@ -398,7 +398,7 @@ def load_wd_timm(path: Path, options: LoadOptions | None = None) -> WdTimmTagger
 
     device = resolve_device(options.device)
     if options.require_gpu and not device.startswith("cuda"):
-        raise GPUUnavailableError(f"`--require-gpu` is set but {folder} would run on the CPU; use `--device cuda` on a GPU machine.")
+        raise GPUUnavailableError(f"`require_gpu` is set but {folder} would run on the CPU; set `device` to cuda on a GPU machine.")
     dtype = _pick_dtype(options, device)
 
     model = _create_model(config, cfg_file)
