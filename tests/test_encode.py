@@ -15,7 +15,7 @@ from tagloop.generator.encode import (
     encode_prompt_sdxl,
     tokenize_chunks,
 )
-from tagloop.prompt.clip_bpe import clip_vocab
+from tagloop.a1111.clip_bpe import clip_vocab
 
 
 MERGES = [("c", "a"), ("ca", "t</w>")]

@@ -83,13 +83,13 @@ def test_random_seed_is_recorded(sd1):
 
 
 def _sampler_params():
-    from tagloop.generator.samplers import list_samplers
+    from tagloop.a1111.samplers import list_samplers
 
     return list_samplers()
 
 
 def test_sampler_list_has_the_a1111_names():
-    from tagloop.generator.samplers import list_samplers
+    from tagloop.a1111.samplers import list_samplers
 
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "LMS", "Heun", "DPM++ SDE"} <= set(list_samplers())
 

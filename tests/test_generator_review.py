@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tagloop.generator.generate import GenerationSettings, settings_from_infotext
-from tagloop.generator.samplers import effective_schedule, make_scheduler
+from tagloop.a1111.samplers import effective_schedule, make_scheduler
 
 SD1_CONFIG = {
     "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
-from tagloop.generator import hashes
+from tagloop.a1111 import hashes
 from tagloop.generator.info_command import info_command
 from tagloop.generator.infotext import (
     ImageMetadata,

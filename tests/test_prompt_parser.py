@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagloop.generator.prompt_parser import (
+from tagloop.a1111.prompt_parser import (
     BREAK_MARKER,
     extract_extra_networks,
     is_break,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tagloop.generator.encode import pack_chunks
-from tagloop.prompt.clip_bpe import clip_vocab
+from tagloop.a1111.clip_bpe import clip_vocab
 from tagloop.prompt.tokens import (
     ClipTokenCounter,
     EstimateTokenCounter,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tagloop.generator.infotext import parse_infotext
-from tagloop.generator.samplers import (
+from tagloop.a1111.samplers import (
     SAMPLERS,
     SCHEDULE_TYPES,
     effective_schedule,
@@ -260,7 +260,7 @@ def test_lists() -> None:
 
 
 def test_foreign_version_strings_are_not_read_as_old_a1111():
-    from tagloop.generator.samplers import is_pre_schedule_type_version, sampler_from_infotext
+    from tagloop.a1111.samplers import is_pre_schedule_type_version, sampler_from_infotext
 
     assert not is_pre_schedule_type_version("tagloop 0.1.0")
     assert is_pre_schedule_type_version("v1.8.0")

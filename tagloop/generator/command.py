@@ -93,7 +93,7 @@ def generate_command(ctx: click.Context, **opts) -> None:
     from .generate import GenerationSettings, Generator, read_prompt_file, read_prompt_json, settings_from_infotext
 
     if opts["list_samplers"]:
-        from .samplers import list_samplers
+        from ..a1111.samplers import list_samplers
 
         for name in list_samplers():
             click.echo(name)

@@ -160,7 +160,7 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
 
     Raises :class:`SettingsError` with one sentence naming the option and the bad value.
     """
-    from .samplers import SCHEDULE_TYPES, UNSUPPORTED_SCHEDULE_TYPES, effective_schedule
+    from ..a1111.samplers import SCHEDULE_TYPES, UNSUPPORTED_SCHEDULE_TYPES, effective_schedule
 
     s = settings
     if s.steps is not None and (not isinstance(s.steps, int) or s.steps < 1):
@@ -212,7 +212,7 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
 
 def _default_sampler(family: str | None) -> tuple[str, str]:
     """The family's default sampler as A1111 1.9+ names it: ``(sampler, schedule type)``."""
-    from .samplers import resolve_sampler
+    from ..a1111.samplers import resolve_sampler
 
     return resolve_sampler(FAMILY_DEFAULTS[family].sampler if family in FAMILY_DEFAULTS else "Euler a")
 
@@ -290,7 +290,7 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
 def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
     """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
     from .infotext import parse_infotext, read_image_metadata
-    from .samplers import resolve_sampler, sampler_from_infotext
+    from ..a1111.samplers import resolve_sampler, sampler_from_infotext
 
     text: str | None = None
     p = Path(str(source)) if len(str(source)) < 4096 else None
@@ -378,7 +378,7 @@ def _stderr(msg: str) -> None:
 
 def _plain_text(text: str) -> str:
     """Prompt text without A1111 emphasis syntax (for SD3, whose own encoders read plain text)."""
-    from .prompt_parser import is_break, parse_prompt_attention
+    from ..a1111.prompt_parser import is_break, parse_prompt_attention
 
     return "".join(t for t, w in parse_prompt_attention(text) if not is_break((t, w))).strip() if text.strip() else ""
 
@@ -451,7 +451,7 @@ class Generator:
 
     def prepare(self, settings: GenerationSettings) -> tuple[GenerationSettings, list[_Job], Any]:
         """Validate ``settings`` against this model and plan the images; loads no weights."""
-        from .prompt_parser import extract_extra_networks
+        from ..a1111.prompt_parser import extract_extra_networks
 
         check_settings(settings, self.family)
         init = None
@@ -563,7 +563,7 @@ class Generator:
     def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init) -> list:
         import torch
 
-        from .samplers import make_scheduler
+        from ..a1111.samplers import make_scheduler
 
         pipe = loaded.pipe
         scheduler, notice = make_scheduler(s.sampler, s.schedule_type, loaded.scheduler_config, self.family, version=s.version)
@@ -594,7 +594,7 @@ class Generator:
         import torch
         from PIL import Image
 
-        from .samplers import make_scheduler
+        from ..a1111.samplers import make_scheduler
 
         w2 = int(s.width * s.hires_scale) // 8 * 8
         h2 = int(s.height * s.hires_scale) // 8 * 8
@@ -668,7 +668,7 @@ class Generator:
     def _file_hash(self, path: Path, kind: Literal["model", "lora", "ti"]) -> str | None:
         key = path.resolve()
         if (key, kind) not in self._hashes:
-            from . import hashes
+            from ..a1111 import hashes
 
             try:
                 if kind == "model":
@@ -685,7 +685,7 @@ class Generator:
     def params_for(self, s: GenerationSettings, job: _Job, width: int | None = None, height: int | None = None) -> dict:
         """The A1111 parameter line of one image, in A1111's key order (None = not written)."""
         from .. import __version__
-        from .samplers import resolve_sampler
+        from ..a1111.samplers import resolve_sampler
 
         sampler, schedule = resolve_sampler(s.sampler, s.schedule_type, version=s.version)
         src = self.source

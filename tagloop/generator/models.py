@@ -405,7 +405,7 @@ def clip_vocab_from_bpe(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     256 byte characters, the same with ``</w>``, one entry per merge, then ``<|startoftext|>`` and
     ``<|endoftext|>`` (49,408 entries).
     """
-    from ..prompt.clip_bpe import clip_vocab, read_bpe_merges
+    from ..a1111.clip_bpe import clip_vocab, read_bpe_merges
 
     merges = read_bpe_merges(bpe_gz)
     return clip_vocab(merges), merges

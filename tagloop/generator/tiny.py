@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from ..prompt.clip_bpe import clip_vocab
+from ..a1111.clip_bpe import clip_vocab
 
 Family = Literal["sd1", "sdxl", "sd3"]
 

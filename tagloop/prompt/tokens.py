@@ -6,9 +6,9 @@ tokenises each segment without BOS/EOS, and packs the tokens into chunks of 75 (
 as BOS + 75 + EOS = 77). ``BREAK`` starts a new chunk. When a chunk is full and the next token is
 not a comma, the tokens after the last comma (at most 20 back) move to the next chunk, so a tag
 is not cut in half. :func:`count_prompt` reproduces that with the generator's own code (the parser
-:func:`tagloop.generator.prompt_parser.parse_prompt_attention` and the chunker
-:func:`tagloop.generator.encode.chunk_text`; with a real tokenizer, the very
-:func:`~tagloop.generator.encode.tokenize_prompt` that ``tagloop generate`` encodes with), and reports:
+:func:`tagloop.a1111.prompt_parser.parse_prompt_attention` and the chunker
+:func:`tagloop.a1111.chunking.chunk_text`; with a real tokenizer, the very
+:func:`~tagloop.a1111.chunking.tokenize_prompt` that ``tagloop generate`` encodes with), and reports:
 
 - ``tokens``: the CLIP tokens of the text (what a budget is measured in);
 - ``chunks``: how many 75-token chunks A1111 encodes;
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..generator.encode import CHUNK_LENGTH, PromptChunk, chunk_text, tokenize_prompt
-from ..generator.prompt_parser import parse_prompt_attention, strip_extra_networks
-from .clip_bpe import PACKAGED_BPE, clip_vocab, read_bpe_merges
+from ..a1111.chunking import CHUNK_LENGTH, PromptChunk, chunk_text, tokenize_prompt
+from ..a1111.prompt_parser import parse_prompt_attention, strip_extra_networks
+from ..a1111.clip_bpe import PACKAGED_BPE, clip_vocab, read_bpe_merges
 
 __all__ = [
     "CHUNK_LENGTH",
@@ -128,7 +128,7 @@ class ClipTokenCounter(TokenCounter):
         return [list(ids) for ids in self.tokenizer(list(texts), truncation=False, add_special_tokens=False)["input_ids"]]
 
     def _chunks(self, text: str) -> tuple[list[PromptChunk], int]:
-        """Exactly what ``tagloop generate`` encodes: :func:`tagloop.generator.encode.tokenize_prompt`."""
+        """Exactly what ``tagloop generate`` encodes: :func:`tagloop.a1111.chunking.tokenize_prompt`."""
         return tokenize_prompt(self.tokenizer, text)
 
 
