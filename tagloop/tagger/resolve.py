@@ -19,6 +19,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 from ..devices import guess_device
+from ..layouts import A1111_DEEPDANBOORU_FILE, A1111_DIRS, COMFYUI_DIRS
 from ..hub import HubError, download_folder, looks_like_repo_id
 from .base import GPUUnavailableError, check_one_model, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger
 
@@ -38,8 +39,8 @@ WD14_MODELS = (
     "wd-eva02-large-tagger-v3",
 )
 DEEPDANBOORU_NAMES = ("deepdanbooru", "deepbooru", "deepdanbooru-v3")
-A1111_DD_RELPATH = Path("models") / "torch_deepdanbooru" / "model-resnet_custom_v3.pt"
-COMFY_WD14_RELDIR = Path("custom_nodes") / "ComfyUI-WD14-Tagger" / "models"
+A1111_DD_RELPATH = Path(A1111_DIRS["deepdanbooru"][0]) / A1111_DEEPDANBOORU_FILE
+COMFY_WD14_RELDIR = Path(COMFYUI_DIRS["wd14"][0])
 
 #: Extensions of files a tagger model argument may name; a value ending in one is a path, never a hub id.
 MODEL_FILE_EXTS = (".onnx", ".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".csv", ".txt", ".json")
