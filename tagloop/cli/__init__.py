@@ -23,7 +23,7 @@ COMMANDS = {
     "prompt": (".prompt", "prompt_command"),
     "generate": ("..generator.command", "generate_command"),
     "info": ("..generator.info_command", "info_command"),
-    "demo": ("..pipeline.demo", "demo_command"),
+    "demo": (".demo", "demo_command"),
 }
 
 

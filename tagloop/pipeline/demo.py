@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -241,7 +240,7 @@ def overlap(source: set[str], variant: set[str]) -> dict[str, float]:
     }
 
 
-def run_demo(out: Path, variants: int = 2, seed: int = 1234, echo=click.echo) -> dict:
+def run_demo(out: Path, variants: int = 2, seed: int = 1234, echo=print) -> dict:
     from ..generator.generate import GenerationSettings, Generator
     from ..prompt import PromptSettings, compose_prompt
     from ..tagger.base import LoadOptions
@@ -338,23 +337,3 @@ def _quiet_loaders() -> None:
         tlog.disable_progress_bar()
     except Exception:
         pass
-
-
-@click.command("demo")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="tagloop-demo",
-    show_default=True,
-    help="Output folder: new, empty or an earlier demo's (its previous outputs are removed; models/ is kept).",
-)
-@click.option("--variants", type=click.IntRange(1, 8), default=2, show_default=True, help="Images to generate.")
-@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the first variant.")
-def demo_command(out, variants, seed):
-    """Run the whole loop offline on tiny built-in models (random weights): tag, prompt, generate, re-tag.
-
-    \b
-    Example:
-      tagloop demo --out tagloop-demo --variants 3
-    """
-    run_demo(Path(out), variants=variants, seed=seed)
