@@ -59,7 +59,8 @@ def build_model(kind: str, folder: Path, device: str, dtype: str):
 
     opts = LoadOptions(device=device, dtype=dtype)
     if kind in ("dd-full", "dd-tiny"):
-        from tagloop.tagger.deepdanbooru import DeepDanbooruWidths, save_tiny_deepdanbooru
+        from tagloop.tagger.deepdanbooru import DeepDanbooruWidths
+        from tagloop.testing import save_tiny_deepdanbooru
 
         if kind == "dd-full":
             path, _ = save_tiny_deepdanbooru(folder / "model-resnet_custom_v3.safetensors", num_tags=9176,

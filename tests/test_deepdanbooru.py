@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tagloop.tagger import deepdanbooru as dd
+from tagloop.testing import taggers as tiny
 from tagloop.tagger.base import LoadOptions, ModelFileError, TaggerError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,7 +40,7 @@ def as_uint8(images: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_sd() -> dict[str, torch.Tensor]:
-    return dd.make_random_state_dict(seed=3)
+    return tiny.make_random_state_dict(seed=3)
 
 
 # --- architecture -----------------------------------------------------------------------------
@@ -78,7 +79,7 @@ def test_parity_with_independent_reference(tiny_sd):
 def test_stage4_numbering_quirk_changes_the_result():
     # stage 4 with inner == out so that swapping 97 (reduce) and 100 (projection) is shape-compatible
     widths = dd.DeepDanbooruWidths(stem=8, stages=(16, 16, 32, 32, 32, 64), inner=(4, 4, 8, 32, 8, 16), num_tags=16)
-    sd = dd.make_random_state_dict(widths, seed=1)
+    sd = tiny.make_random_state_dict(widths, seed=1)
     images = two_images(128, 128)
     with torch.no_grad():
         ours = dd.build_net(sd)(images).double()
@@ -100,8 +101,8 @@ def test_input_side_must_be_a_multiple_of_128(tiny_sd):
 
 
 def test_pt_and_safetensors_round_trips_give_identical_scores(tmp_path):
-    pt, tags = dd.save_tiny_deepdanbooru(tmp_path / "a" / dd.A1111_FILENAME, seed=5)
-    st, tags_st = dd.save_tiny_deepdanbooru(tmp_path / "b" / "dd.safetensors", seed=5)
+    pt, tags = tiny.save_tiny_deepdanbooru(tmp_path / "a" / dd.A1111_FILENAME, seed=5)
+    st, tags_st = tiny.save_tiny_deepdanbooru(tmp_path / "b" / "dd.safetensors", seed=5)
     assert tags == tags_st and tags[:3] == ["1girl", "solo", "long_hair"]
     assert tags[-3:] == ["rating:safe", "rating:questionable", "rating:explicit"]
     raw = torch.load(pt, weights_only=True)
@@ -129,13 +130,13 @@ def test_pt_and_safetensors_round_trips_give_identical_scores(tmp_path):
 
 
 def test_convert_pt_to_safetensors_keeps_scores_and_tags(tmp_path):
-    pt, tags = dd.save_tiny_deepdanbooru(tmp_path / "m.pt", seed=2)
+    pt, tags = tiny.save_tiny_deepdanbooru(tmp_path / "m.pt", seed=2)
     out = dd.convert_to_safetensors(pt)
     assert out == tmp_path / "m.safetensors"
     pt.unlink()  # the converted file stands alone: tags are in its metadata
     tagger = dd.load_deepdanbooru(out, SMALL)
     assert tagger.tags == tags
-    sd = dd.make_random_state_dict(dd.DeepDanbooruWidths.tiny(32), seed=2)
+    sd = tiny.make_random_state_dict(dd.DeepDanbooruWidths.tiny(32), seed=2)
     batch = as_uint8(two_images(128, 128))
     with torch.no_grad():
         expected = dd.build_net(sd)(torch.from_numpy(batch).float() / 255).numpy()
@@ -143,7 +144,7 @@ def test_convert_pt_to_safetensors_keeps_scores_and_tags(tmp_path):
 
 
 def test_legacy_non_zip_pt_loads(tmp_path, tiny_sd):
-    tags = dd.tiny_tag_names(32)
+    tags = tiny.tiny_tag_names(32)
     path = tmp_path / "legacy.pth"
     torch.save({**tiny_sd, "tags": tags}, path, _use_new_zipfile_serialization=False)
     assert dd.detect(path)
@@ -155,7 +156,7 @@ def test_safetensors_tags_from_label_file_and_tags_file_override(tmp_path, tiny_
     save_file(tiny_sd, str(path))  # no metadata
     with pytest.raises(ModelFileError, match="tags.txt"):
         dd.load_deepdanbooru(path, SMALL)
-    names = [f"t{i}" for i in range(29)] + list(dd.RATING_TAGS)
+    names = [f"t{i}" for i in range(29)] + list(tiny.RATING_TAGS)
     (tmp_path / "tags.txt").write_text("\n".join(names) + "\n\n", encoding="utf-8")
     tagger = dd.load_deepdanbooru(path, SMALL)
     assert tagger.tags == names and tagger.categories[-1] == "rating"
@@ -183,7 +184,7 @@ def _write_pt(path: Path, sd: dict, tags: list[str]) -> Path:
     ],
 )
 def test_bad_files_raise_model_file_error_naming_file_and_key(tmp_path, tiny_sd, mutate, pattern):
-    sd, tags = dict(tiny_sd), dd.tiny_tag_names(32)
+    sd, tags = dict(tiny_sd), tiny.tiny_tag_names(32)
     mutate(sd, tags)
     path = _write_pt(tmp_path / "bad.pt", sd, tags)
     with pytest.raises(ModelFileError, match=pattern) as info:
@@ -204,7 +205,7 @@ class _Payload:
 def test_pickle_with_code_is_refused_and_never_run(tmp_path, tiny_sd):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({**tiny_sd, "tags": dd.tiny_tag_names(32), "extra": _Payload(marker)}, path)
+    torch.save({**tiny_sd, "tags": tiny.tiny_tag_names(32), "extra": _Payload(marker)}, path)
     assert dd.detect(path)  # the key names are there; detect only peeks at bytes
     assert not marker.exists()
     with pytest.raises(ModelFileError, match="--allow-pickle") as info:
@@ -218,7 +219,7 @@ def test_pickle_with_code_is_refused_and_never_run(tmp_path, tiny_sd):
 
 
 def test_detect_claims_only_deepdanbooru(tmp_path):
-    pt, _ = dd.save_tiny_deepdanbooru(tmp_path / "dd" / dd.A1111_FILENAME)
+    pt, _ = tiny.save_tiny_deepdanbooru(tmp_path / "dd" / dd.A1111_FILENAME)
     assert dd.detect(pt) and dd.detect(pt.parent)
     other = tmp_path / "other.safetensors"
     save_file({"conv.weight": torch.zeros(2, 3, 3, 3), "n_Conv_0.bias": torch.zeros(2)}, str(other))
@@ -243,7 +244,7 @@ def test_detect_claims_only_deepdanbooru(tmp_path):
 
 
 def test_predict_validates_its_batch(tmp_path):
-    pt, _ = dd.save_tiny_deepdanbooru(tmp_path / "m.pt")
+    pt, _ = tiny.save_tiny_deepdanbooru(tmp_path / "m.pt")
     tagger = dd.load_deepdanbooru(pt, LoadOptions(device="cpu", dd_preprocess="kdd", extra={"input_size": "128"}))
     assert tagger.preprocess(Image.new("RGBA", (50, 90))).shape == (128, 128, 3)
     with pytest.raises(TaggerError, match="uint8"):
@@ -259,6 +260,6 @@ def test_predict_validates_its_batch(tmp_path):
 
 
 def test_safetensors_metadata_holds_tags_as_json(tmp_path):
-    path, tags = dd.save_tiny_deepdanbooru(tmp_path / "m.safetensors", num_tags=20)
+    path, tags = tiny.save_tiny_deepdanbooru(tmp_path / "m.safetensors", num_tags=20)
     header = dd._safetensors_header(path)
     assert json.loads(header["__metadata__"]["tags"]) == tags and "n_Conv_178.weight" in header

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tagloop.cli import main
-from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
+from tagloop.testing import save_tiny_deepdanbooru
 from tagloop.tagger.onnx_tagger import save_tiny_wd14_onnx
 
 ROOT = Path(__file__).resolve().parents[1]

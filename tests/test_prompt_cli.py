@@ -129,7 +129,7 @@ def test_image_is_tagged_then_composed(tmp_path):
     from PIL import Image
 
     from tagloop.cli.tag import tag_one
-    from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
+    from tagloop.testing import save_tiny_deepdanbooru
 
     model, tags = save_tiny_deepdanbooru(tmp_path / "model-resnet_custom_v3.pt", num_tags=12, seed=3)
     img = tmp_path / "a.png"
@@ -164,7 +164,7 @@ def test_unreadable_or_malformed_json_is_a_usage_error_not_a_traceback(tmp_path)
 
 
 def test_image_that_cannot_be_decoded_fails_with_exit_1(tmp_path):
-    from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
+    from tagloop.testing import save_tiny_deepdanbooru
 
     model, _ = save_tiny_deepdanbooru(tmp_path / "model-resnet_custom_v3.pt", num_tags=12, seed=3)
     img = tmp_path / "broken.png"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hubserver import HubServer, files_from_folder
 from tagloop.cli import main
-from tagloop.tagger.deepdanbooru import save_tiny_deepdanbooru
+from tagloop.testing import save_tiny_deepdanbooru
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -107,7 +107,7 @@ def save_demo_deepdanbooru(
 ) -> tuple[Path, list[str]]:
     """Write the demo's tiny DeepDanbooru: real architecture and file layout, random weights.
 
-    The body is :func:`~tagloop.tagger.deepdanbooru.make_random_state_dict` (every conv scaled to
+    The body is :func:`~tagloop.testing.taggers.make_random_state_dict` (every conv scaled to
     unit spread, as batch norm would leave it). Its pooled features vary from picture to picture
     along a few directions only, and a plain random head mostly reads the features' common mean, so
     every tag gets nearly the same score on every picture. The head (``n_Conv_178``, no bias) is
@@ -124,10 +124,9 @@ def save_demo_deepdanbooru(
         HEAD_INDEX,
         DeepDanbooruWidths,
         build_net,
-        make_random_state_dict,
         save_deepdanbooru_safetensors,
-        tiny_tag_names,
     )
+    from ..testing.taggers import make_random_state_dict, tiny_tag_names
     from ..tagger.preprocess import deepdanbooru_a1111
 
     sd = make_random_state_dict(DeepDanbooruWidths.tiny(num_tags), seed=seed)

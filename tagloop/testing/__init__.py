@@ -15,6 +15,8 @@ _BUILDERS = {
     "save_tiny_wd14_onnx": "tagloop.testing.taggers",
     "save_tiny_deepdanbooru_onnx": "tagloop.testing.taggers",
     "save_tiny_wd_v3_timm": "tagloop.testing.taggers",
+    "TINY_TAG_NAMES": "tagloop.testing.taggers",
+    "RATING_TAGS": "tagloop.testing.taggers",
     "tiny_clip_tokenizer": "tagloop.testing.diffusion",
     "build_tiny_pipeline": "tagloop.testing.diffusion",
     "save_tiny_diffusers": "tagloop.testing.diffusion",
