@@ -176,3 +176,15 @@ def test_generator_api_equals_the_cli_and_reads_back(sd1, tmp_path):
     assert info["infotext"] == images[0].infotext
     with pytest.raises(tagloop.InputError, match="unknown generation setting"):
         gen.generate(prompt="x", stpes=3)
+
+
+def test_tagger_and_generator_read_checkpoints_the_same_way(tmp_path, sd1):
+    from tagloop.generator.models import classify_keys as generator_kind
+    from tagloop.tagger.sniff import classify_keys as tagger_words
+    from tagloop.weights import classify_keys, safetensors_keys
+
+    keys = safetensors_keys(sd1["ckpt"])
+    assert classify_keys(keys) == generator_kind({k: {} for k in keys}) == "sd1"
+    assert "Stable Diffusion checkpoint" in tagger_words(keys)
+    r = CliRunner().invoke(main, ["tag", str(sd1["ckpt"]), "--model", str(sd1["ckpt"])], catch_exceptions=False)
+    assert r.exit_code == 2 and "a Stable Diffusion checkpoint" in r.stderr
