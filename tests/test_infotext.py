@@ -306,7 +306,7 @@ def test_image_without_metadata(tmp_path: Path) -> None:
     meta = read_image_metadata(path)
     assert meta == ImageMetadata()
     assert json.loads(meta.to_json()) == {
-        "infotext": None, "parameters": {}, "comfyui_prompt": None, "comfyui_workflow": None, "items": {}
+        "infotext": None, "parameters": {}, "defaults": {}, "comfyui_prompt": None, "comfyui_workflow": None, "items": {}
     }
 
 
@@ -467,6 +467,36 @@ def test_info_command_no_metadata_and_unreadable(tmp_path: Path) -> None:
     result = runner.invoke(info_command, [str(tmp_path / "missing.png")])
     assert result.exit_code == 1
     assert "--format" in runner.invoke(info_command, ["--help"]).output
+
+
+def test_info_text_format_without_parameters_says_so(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    result = CliRunner().invoke(info_command, [str(plain), "--format", "text"])
+    assert result.exit_code == 1
+    assert result.stdout == "" and "plain.png" in result.stderr and "no A1111 generation parameters" in result.stderr
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps({"3": {"class_type": "KSampler", "inputs": {}}}))
+    comfy = tmp_path / "ComfyUI_00001_.png"
+    Image.new("RGB", (8, 8)).save(comfy, pnginfo=info)
+    result = CliRunner().invoke(info_command, [str(comfy), "--format", "text"])
+    assert result.exit_code == 1 and "ComfyUI" in result.stderr and result.stdout == ""
+
+
+def test_info_json_keeps_what_the_file_says_apart_from_a1111_defaults(tmp_path: Path) -> None:
+    text = "1girl\nNegative prompt: lowres\n" + SEED_LINE
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "00000-2607380765.png", text)
+    data = json.loads(CliRunner().invoke(info_command, [str(path)]).output)
+    stated, defaults = data["parameters"], data["defaults"]
+    # `parameters` is exactly what an independent reader finds in the text: nothing added
+    assert stated == reference_parse(text)
+    for key in ("RNG", "Mask mode", "FP8 weight", "Schedule type", "Hires sampler"):
+        assert key not in stated and key in defaults
+    assert defaults["RNG"] == "GPU" and defaults["Schedule type"] == "Automatic" and defaults["FP8 weight"] == "Disable"
+    assert "Clip skip" in stated and "Clip skip" not in defaults  # the file says 2; the default 1 does not apply
+    # together they are what A1111's reader returns, and no key is in both
+    assert {**stated, **defaults} == dict(parse_infotext(text)) and not stated.keys() & defaults.keys()
+    assert set(defaults) == set(parse_infotext(text).defaulted)
 
 
 def test_compressed_itxt_from_other_tools(tmp_path: Path) -> None:

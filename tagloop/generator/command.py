@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import OutputPathError
 from .models import GeneratorError
 
 
@@ -22,8 +23,26 @@ def _size(ctx, param, value):
     return w, h
 
 
+#: Settings whose name differs from their option's: library messages name the setting.
+_SETTING_FLAGS = {
+    "lora_dirs": "--lora-dir",
+    "embeddings_dirs": "--embeddings-dir",
+    "config": "--config-dir",
+    "denoising_strength": "--denoise",
+    "negative_prompt": "--negative",
+    "cfg_scale": "--cfg",
+}
+
+
 def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
+    """One sentence on stderr, exit 2; a setting named in backticks gets its option: `lora_dirs` (--lora-dir)."""
+    import re
+
+    from ..cli.errors import with_flags
+
+    message = re.sub(r"`([a-z][a-z0-9_]*)`(?! \()", lambda m: f"`{m.group(1)}` ({_SETTING_FLAGS[m.group(1)]})"
+                     if m.group(1) in _SETTING_FLAGS else m.group(0), message)
+    click.echo(f"Error: {with_flags(message)}", err=True)
     sys.exit(2)
 
 
@@ -75,7 +94,8 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 @click.option("--infotext", default=None, help="Re-create an image: a PNG with A1111 parameters, or a text file with an infotext.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object per image (path, seed, infotext) on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars, and no warnings from diffusers/transformers (tagloop's own notices still print).")
 @click.pass_context
 def generate_command(ctx: click.Context, **opts) -> None:
     """Generate images with Stable Diffusion (SD1.x/2.x, SDXL, SD3.x) as AUTOMATIC1111 does.
@@ -166,10 +186,13 @@ def generate_command(ctx: click.Context, **opts) -> None:
             allow_pickle=opts["allow_pickle"],
             config=opts["config_dir"],
             progress=not opts["quiet"],
+            quiet=opts["quiet"],
             notice=lambda m: click.echo(m, err=True),
         )
-        gen.prepare(settings)  # every check before the model loads
+        gen.prepare(settings)  # every check before the model loads, outputs over inputs included
         images = gen.generate(settings)
+    except OutputPathError as e:  # an image of this run would be written over one of its inputs
+        _fail(str(e))
     except GeneratorError as e:
         _fail(str(e))
     for im in images:

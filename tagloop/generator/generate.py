@@ -18,19 +18,20 @@ plain text. Everything is validated before a model is loaded.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from ..errors import InputError
 from typing import Any, Callable, Iterable, Literal
 
+from ..errors import InputError
 from .models import (
     GeneratorError,
     LoadedModel,
     LoadOptions,
     LoraUse,
+    ModelFileError,
     ModelNotFoundError,
     ModelSource,
     apply_loras,
@@ -85,6 +86,10 @@ class GenerationSettings:
     ``denoising_strength``; ``hires_scale`` > 1 adds A1111's hires-fix second pass (text-to-image).
     ``version``: the A1111 version whose sampler-name rules apply to ``sampler`` (pre-1.9 names
     differ); :func:`settings_from_infotext` resolves them itself and leaves it ``None``.
+    ``infotext_file``: the image or text file the settings were read from (set by
+    :func:`settings_from_infotext`); like ``init_image``, no output may be written over it.
+    Output names (``out_dir/00000-SEED.png``) are planned before any work, and a run whose outputs
+    would overwrite one of its inputs is refused (:class:`tagloop.errors.OutputPathError`).
     """
 
     prompt: str = ""
@@ -110,6 +115,7 @@ class GenerationSettings:
     hires_upscaler: Literal["latent", "lanczos"] = "latent"
     out_dir: Path | None = None
     version: str | None = None
+    infotext_file: Path | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
         """The (positive, negative) prompt pairs this request generates."""
@@ -289,21 +295,35 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
 
 def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
     """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
-    from .infotext import parse_infotext, read_image_metadata
     from ..a1111.samplers import resolve_sampler, sampler_from_infotext
+    from .infotext import parse_infotext, read_image_metadata
 
     text: str | None = None
-    p = Path(str(source)) if len(str(source)) < 4096 else None
+    p = _infotext_path(source)
     if p is not None and p.is_file():
-        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif"):
-            meta = read_image_metadata(p)
+        if p.suffix.lower() in INFOTEXT_IMAGE_EXTS:
+            try:
+                meta = read_image_metadata(p)
+            except (OSError, ValueError) as e:
+                raise SettingsError(f"`infotext` {p} is not an image that can be read ({e}).") from None
             text = meta.infotext
             if not text:
                 raise SettingsError(f"{p.name} carries no A1111 generation parameters (no `parameters` text).")
         else:
-            text = p.read_text(encoding="utf-8")
+            try:
+                text = p.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise SettingsError(f"`infotext` {p} cannot be read as UTF-8 text ({e}).") from None
+    elif p is not None and p.is_dir():
+        raise SettingsError(f"`infotext` {p} is a folder; give one image or text file, or the infotext itself.")
     else:
         text = str(source)
+        if _looks_like_a_path(text):
+            raise SettingsError(
+                f"`infotext` {text!r} looks like a file name, but there is no such file; give an image or text "
+                "file that exists, or the infotext text itself."
+            )
+        p = None
     params = parse_infotext(text)
     s = base or GenerationSettings()
 
@@ -350,7 +370,48 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         # (sampler, schedule) above are already in 1.9+ terms; keeping the old version would apply
         # the pre-1.9 rule a second time and turn `DPM++ 2M Karras` (1.8) into the uniform schedule.
         version=None,
+        infotext_file=p,
     )
+
+
+#: Files ``infotext`` reads the A1111 text of (anything else that exists is read as a text file).
+INFOTEXT_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".gif")
+#: Names that make a value that is not infotext a file name (a typo'd or moved file, not a prompt).
+_PATH_LIKE_EXTS = INFOTEXT_IMAGE_EXTS + (".txt",)
+
+
+def _infotext_path(source: str | Path) -> Path | None:
+    if isinstance(source, Path):
+        return source.expanduser()
+    text = str(source)
+    if len(text) >= 4096 or "\n" in text or "\0" in text:
+        return None
+    try:
+        path = Path(text).expanduser()
+        path.stat()  # a name too long for the file system, or one that cannot be a name, is text
+    except FileNotFoundError:
+        return path
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """Whether a value that names no file was meant as a file name rather than as infotext.
+
+    Infotext stays infotext: anything with a parameter line (``Steps: 20, Sampler: ..., Seed: ...``)
+    or several lines. A single line is a file name when it ends in an image or ``.txt`` extension,
+    or holds a path separator and no ``", "`` (tag lists such as ``1girl, black/white`` are prompts).
+    """
+    from .infotext import PARAM_PAIR
+
+    text = text.strip()
+    if not text or "\n" in text or len(PARAM_PAIR.findall(text)) >= 3:
+        return False
+    if Path(text).suffix.lower() in _PATH_LIKE_EXTS:
+        return True
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return any(sep in text for sep in seps) and ", " not in text
 
 
 def _opt_str(v) -> str | None:
@@ -370,6 +431,7 @@ class _Job:
     clean_negative: str
     seed: int
     loras: tuple[LoraUse, ...]
+    path: Path | None = None  # the PNG this image is written to (planned before any work)
 
 
 def _stderr(msg: str) -> None:
@@ -383,11 +445,27 @@ def _plain_text(text: str) -> str:
     return "".join(t for t, w in parse_prompt_attention(text) if not is_break((t, w))).strip() if text.strip() else ""
 
 
+def _check_config_family(config: Path, source: ModelSource) -> None:
+    """A ``config`` folder of another family than the checkpoint is refused before any weights load."""
+    from .models import family_of_folder, family_words
+
+    family = family_of_folder(config)
+    if family != source.family:
+        raise ModelFileError(
+            f"the config folder {config} is an {family_words(family)} pipeline but {source.path.name} is an "
+            f"{family_words(source.family, source.variant)} checkpoint; give `config` a diffusers folder of the same model."
+        )
+
+
 class Generator:
     """One Stable Diffusion model, loaded once, generating A1111-compatible images.
 
     ``model`` is a checkpoint file, a diffusers folder, a name in ``a1111_dir``/``comfyui_dir``, or a hub
     id. It is resolved (and recognised) at construction; weights load on the first :meth:`generate`.
+    ``progress``: tagloop's and diffusers' progress bars. ``quiet`` (default: ``not progress``):
+    diffusers, transformers and huggingface_hub print nothing while this generator loads and
+    generates (their logging and bars are restored after each call); tagloop's own notices still go
+    to ``notice``. Not quiet, a warning those libraries repeat on every load is said once per process.
 
     Example::
 
@@ -414,11 +492,14 @@ class Generator:
         config: str | Path | None = None,
         progress: bool = True,
         notice: Callable[[str], None] = _stderr,
+        quiet: bool | None = None,
     ) -> None:
         if offload not in ("none", "model", "sequential"):
             raise SettingsError(f"`--offload` must be none, model or sequential, not {offload!r}.")
         self.notice = notice
         self.progress = progress
+        # quiet: diffusers/transformers say nothing (no warnings, no bars) while this generator works
+        self.quiet = (not progress) if quiet is None else bool(quiet)
         self.source: ModelSource = resolve_model(model, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, allow_pickle=allow_pickle)
         self.device = resolve_device(device)
         compute, storage = resolve_dtype(dtype, self.device, self.source)
@@ -426,6 +507,8 @@ class Generator:
         cfg = Path(config).expanduser() if config else None
         if cfg is not None and not (cfg / "model_index.json").is_file():
             raise GeneratorError(f"config folder {cfg} has no model_index.json; give a local diffusers folder of the same family.")
+        if cfg is not None and self.source.kind == "single_file":
+            _check_config_family(cfg, self.source)
         self.options = LoadOptions(
             device=self.device, compute_dtype=compute, storage_dtype=storage, vae=vae_path, config=cfg,
             offload=offload, compile=compile, allow_pickle=allow_pickle,
@@ -473,8 +556,14 @@ class Generator:
                     self._say(f"<{net.kind}:{net.name}> is not supported by tagloop and is ignored.")
                     continue
                 path = lora_cache.get(net.name) or find_lora(net.name, self.lora_dirs)
+                if path is None and not self.lora_dirs:
+                    raise ModelNotFoundError(
+                        f"LoRA {net.name!r} named in the prompt was not found: no LoRA folder is set; set `lora_dirs` to "
+                        f"the folder that holds {net.name}.safetensors (or `a1111_dir`/`comfyui_dir` to your WebUI or "
+                        f"ComfyUI folder), or remove the <lora:{net.name}:...> tag."
+                    )
                 if path is None:
-                    where = ", ".join(str(d) for d in self.lora_dirs) or "no LoRA folder (pass --lora-dir)"
+                    where = ", ".join(str(d) for d in self.lora_dirs)
                     raise ModelNotFoundError(
                         f"LoRA {net.name!r} named in the prompt is not in {where}; add {net.name}.safetensors there or remove the <lora:{net.name}:...> tag."
                     )
@@ -483,14 +572,51 @@ class Generator:
             for k in range(per_prompt):
                 seed = (base_seed + k) % (MAX_SEED + 1)
                 jobs.append(_Job(len(jobs), pi, pos, neg, clean_pos, clean_neg, seed, tuple(uses)))
+        if s.out_dir is not None:
+            self._plan_outputs(s, jobs)
         return s, jobs, init
+
+    def _plan_outputs(self, s: GenerationSettings, jobs: list[_Job]) -> None:
+        """Give every job the exact PNG path it will be written to, and refuse outputs over inputs.
+
+        The names continue the folder's A1111 counter (``00000-SEED.png``), one per image in order,
+        skipping names that are taken. Before any weights load, those paths are compared (as files on
+        disk) with the run's inputs: the init image, the infotext file, the model, VAE and LoRA files.
+        """
+        from ..errors import OutputPathError
+        from ..fileio import check_outputs
+        from .infotext import plan_image_paths
+
+        out = Path(s.out_dir)
+        if out.exists() and not out.is_dir():
+            raise OutputPathError(f"`out_dir` {out} is a file, not a folder; give a folder for the images.")
+        for job, path in zip(jobs, plan_image_paths(out, [j.seed for j in jobs])):
+            job.path = path
+        check_outputs([("the output image in `out_dir`", j.path) for j in jobs], self._input_files(s, jobs))
+
+    def _input_files(self, s: GenerationSettings, jobs: list[_Job]) -> list[Path]:
+        """The files this run reads, which no output may be written over."""
+        inputs: list[Path] = []
+        if isinstance(s.init_image, (str, Path)):
+            inputs.append(Path(s.init_image))
+        if s.infotext_file is not None:
+            inputs.append(Path(s.infotext_file))
+        if self.source.path is not None and self.source.kind == "single_file":
+            inputs.append(self.source.path)
+        if self.options.vae is not None and self.options.vae.is_file():
+            inputs.append(self.options.vae)
+        inputs += sorted({u.path for j in jobs for u in j.loras})
+        return inputs
 
     # -- generation ------------------------------------------------------------------------------
 
     def load(self) -> LoadedModel:
         """Load the pipeline now (it is cached per process)."""
         if self._loaded is None:
-            self._loaded = load_model(self.source, self.options, progress=self.progress)
+            from .quiet import quiet_libraries
+
+            with quiet_libraries(self.quiet):
+                self._loaded = load_model(self.source, self.options, progress=self.progress)
             for n in self._loaded.notices:
                 self._say(n)
         set_memory_options(self._loaded, vae_tiling=self.vae_tiling, attention_slicing=self.attention_slicing)
@@ -499,9 +625,15 @@ class Generator:
     def generate(self, settings: GenerationSettings | None = None, **fields: Any) -> list[GeneratedImage]:
         """Generate every image of ``settings`` (a :class:`GenerationSettings`, or its fields as keywords,
         or both: keywords replace the settings' fields); PNGs are written to ``out_dir`` when set."""
-        from tqdm.auto import tqdm
+        from .quiet import quiet_libraries
 
         settings = make_settings(settings, **fields)
+        with quiet_libraries(self.quiet):
+            return self._generate(settings)
+
+    def _generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
+        from tqdm.auto import tqdm
+
         s, jobs, init = self.prepare(settings)
         loaded = self.load()
         texts = [j.clean_positive for j in jobs] + [j.clean_negative for j in jobs]
@@ -736,7 +868,10 @@ class Generator:
         if s.out_dir is not None:
             out = Path(s.out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            path = save_png(image, next_image_path(out, job.seed), infotext)
+            path = job.path
+            if path is None or path.exists():  # taken since it was planned (another run in this folder)
+                path = next_image_path(out, job.seed)
+            path = save_png(image, path, infotext)
         return GeneratedImage(path, job.seed, infotext, image, job.positive, job.negative)
 
 

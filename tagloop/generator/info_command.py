@@ -16,14 +16,17 @@ import click
     type=click.Choice(["json", "text"]),
     default="json",
     show_default=True,
-    help="`json`: infotext, parsed parameters, ComfyUI graphs and other text chunks; `text`: the raw A1111 infotext.",
+    help="`json`: infotext, the parameters it states, the defaults A1111 would fill in, ComfyUI graphs and other "
+    "text chunks; `text`: the raw A1111 infotext.",
 )
 def info_command(image: Path, output_format: str) -> None:
     """Print the A1111 infotext (and ComfyUI graphs) stored in IMAGE.
 
     Reads the PNG `parameters` chunk (tEXt or iTXt), the EXIF UserComment of JPEG/WebP files, or a
-    GIF comment, and ComfyUI's `prompt`/`workflow` PNG chunks. An image without metadata prints
-    nulls (exit 0); an unreadable file exits 1.
+    GIF comment, and ComfyUI's `prompt`/`workflow` PNG chunks. In the JSON, `parameters` holds what
+    the image's infotext says and `defaults` the values A1111 fills in for keys it lacks when the
+    text is pasted (`RNG`, `Schedule type`, ...). An image without metadata prints nulls in JSON
+    (exit 0); with `--format text` it is named on stderr (exit 1), as is an unreadable file.
 
     \b
     Example:
@@ -40,7 +43,11 @@ def info_command(image: Path, output_format: str) -> None:
         click.echo(f"{image}: cannot read the image ({error}).", err=True)
         sys.exit(1)
     if output_format == "text":
-        if metadata.infotext:
-            click.echo(metadata.infotext)
+        if not metadata.infotext:
+            other = " (it has a ComfyUI graph: see `tagloop info` without --format text)" if (
+                metadata.comfyui_prompt or metadata.comfyui_workflow) else ""
+            click.echo(f"{image}: no A1111 generation parameters in this image{other}.", err=True)
+            sys.exit(1)
+        click.echo(metadata.infotext)
         return
     click.echo(metadata.to_json())

@@ -162,6 +162,14 @@ class InfotextParameters(dict):
 
     defaulted: frozenset[str] = frozenset()
 
+    def stated(self) -> dict[str, Any]:
+        """What the infotext itself says: every key but those A1111's defaults filled in."""
+        return {k: v for k, v in self.items() if k not in self.defaulted}
+
+    def defaults(self) -> dict[str, Any]:
+        """The values A1111's reader fills in for keys the infotext does not have."""
+        return {k: v for k, v in self.items() if k in self.defaulted}
+
 
 def parse_infotext(text: str) -> InfotextParameters:
     """Parse an infotext as A1111's ``parse_generation_parameters`` does.
@@ -230,8 +238,12 @@ class ImageMetadata:
 
     #: A1111 infotext: PNG ``parameters`` (tEXt/iTXt), else EXIF UserComment, else GIF comment.
     infotext: str | None = None
-    #: :func:`parse_infotext` of ``infotext`` (empty when there is none).
+    #: What ``infotext`` says, parsed as A1111 parses it (:func:`parse_infotext`: string values,
+    #: ``Size`` as ``Size-1``/``Size-2``), without the defaults A1111 fills in (empty when there is none).
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: The values A1111's reader would fill in for keys ``infotext`` does not have (``RNG``: GPU,
+    #: ``Schedule type``: Automatic, ...): what pasting it into the WebUI sets; not in the file.
+    defaults: dict[str, Any] = field(default_factory=dict)
     #: ComfyUI API graph from the PNG ``prompt`` chunk.
     comfyui_prompt: dict | None = None
     #: ComfyUI editor graph from the PNG ``workflow`` chunk.
@@ -341,8 +353,11 @@ def _read_metadata(image: "Image.Image") -> ImageMetadata:
             value = value.decode("utf-8", errors="replace")
         if isinstance(value, str):
             items[key] = value
-    parameters = dict(parse_infotext(infotext)) if infotext else {}
-    return ImageMetadata(infotext, parameters, comfy_prompt, comfy_workflow, items)
+    parsed = parse_infotext(infotext) if infotext else InfotextParameters()
+    return ImageMetadata(
+        infotext=infotext, parameters=parsed.stated(), defaults=parsed.defaults(), comfyui_prompt=comfy_prompt,
+        comfyui_workflow=comfy_workflow, items=items,
+    )
 
 
 def _exif_user_comment(image: "Image.Image") -> str | None:
@@ -423,17 +438,35 @@ def next_sequence_number(out_dir: Path) -> int:
     return highest + 1
 
 
-def next_image_path(out_dir: Path, seed: int, ext: str = "png") -> Path:
+def next_image_path(out_dir: Path, seed: int, ext: str = "png", *, start: int | None = None) -> Path:
     """A1111's file name for the next image: ``00000-SEED.png``, the counter continuing the folder's.
 
     The counter is one more than the largest number before the first ``-`` of any file name in
-    ``out_dir`` (A1111 ``get_next_sequence_number``); a name already taken moves it on.
+    ``out_dir`` (A1111 ``get_next_sequence_number``), or ``start``; a name already taken moves it on.
     """
     out_dir = Path(out_dir)
     ext = ext.lstrip(".")
-    number = next_sequence_number(out_dir)
+    number = next_sequence_number(out_dir) if start is None else start
     while True:
         candidate = out_dir / f"{number:05}-{seed}.{ext}"
         if not candidate.exists():
             return candidate
         number += 1
+
+
+def plan_image_paths(out_dir: Path, seeds: list[int] | tuple[int, ...], ext: str = "png") -> list[Path]:
+    """The names a run writes its images (with these seeds, in this order) to: what
+    :func:`next_image_path` gives each one in turn once the ones before it are written.
+
+    Every name is free when planned, so a run writes no file over another; planning them before any
+    work lets the caller compare them with the run's inputs (:func:`tagloop.fileio.check_outputs`).
+    """
+    out_dir = Path(out_dir)
+    paths: list[Path] = []
+    number: int | None = None
+    for seed in seeds:
+        path = next_image_path(out_dir, seed, ext, start=number)
+        paths.append(path)
+        match = _LEADING_NUMBER.match(path.name)
+        number = (int(match.group(1)) if match else (number or 0)) + 1
+    return paths

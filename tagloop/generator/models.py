@@ -30,6 +30,7 @@ from typing import Any, Iterable, Literal
 
 from .. import errors
 from ..errors import TagloopError
+from ..weights import classify_keys, describe_kind, safetensors_header  # noqa: F401  (re-exported)
 
 Family = Literal["sd1", "sd2", "sdxl", "sd3"]
 DType = Literal["auto", "fp32", "fp16", "bf16", "fp8"]
@@ -73,25 +74,6 @@ ModelNotFoundError = errors.ModelNotFoundError
 # --- reading checkpoint headers -----------------------------------------------------------------
 
 
-def safetensors_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a ``.safetensors`` file (tensor names -> dtype/shape), without reading tensors."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise ValueError("shorter than 8 bytes")
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or n > 200_000_000:
-                raise ValueError(f"header length {n}")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{path} is not a readable .safetensors file ({e}); re-download it.") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path} is not a readable .safetensors file (bad header); re-download it.")
-    return header
-
-
 def _pickle_keys(path: Path) -> dict[str, Any]:
     import torch
 
@@ -121,69 +103,6 @@ def checkpoint_tensors(path: str | Path, allow_pickle: bool = False) -> dict[str
             )
         return _pickle_keys(path)
     raise ModelFileError(f"{path} has an unknown extension {path.suffix!r}; give a .safetensors checkpoint or a diffusers folder.")
-
-
-def classify_keys(tensors: dict[str, dict]) -> str:
-    """What a state dict is, from its tensor names: a family, or the kind of file it is instead.
-
-    Returns one of ``sd1``, ``sd2``, ``sdxl``, ``sd3`` (full checkpoints) or ``lora``, ``vae``,
-    ``embedding``, ``deepdanbooru``, ``tagger``, ``controlnet``, ``unet``, ``text_encoder``, ``unknown``.
-    """
-    keys = tensors.keys()
-
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    def contains(part: str) -> bool:
-        return any(part in k for k in keys)
-
-    if contains("lora_down") or contains("lora_up") or contains(".lora_A.") or contains(".lora_B.") or has("lora_unet_") or has("lora_te"):
-        return "lora"
-    if "n_Conv_0.weight" in keys or "n_Conv_178.weight" in keys:
-        return "deepdanbooru"
-    if has("control_model.") or contains("input_hint_block") or contains("controlnet_cond_embedding"):
-        return "controlnet"
-    if contains("joint_blocks.0.context_block") or contains("joint_blocks.0.x_block"):
-        return "sd3"
-    if has("model.diffusion_model."):
-        if has("conditioner.embedders.1.") or has("model.diffusion_model.label_emb."):
-            return "sdxl"
-        if has("cond_stage_model.model.") or any(
-            k.endswith("attn2.to_k.weight") and (tensors[k].get("shape") or [0])[-1] == 1024 for k in keys
-        ):
-            return "sd2"
-        return "sd1"
-    if ("encoder.conv_in.weight" in keys and "decoder.conv_in.weight" in keys) or (
-        has("first_stage_model.") and not has("model.diffusion_model.")
-    ):
-        return "vae"
-    if "emb_params" in keys or has("string_to_param") or {"clip_l", "clip_g"} & set(keys):
-        return "embedding"
-    if has("down_blocks.") and "conv_in.weight" in keys and contains("time_embedding"):
-        return "unet"
-    if has("text_model.") or has("encoder.layers.0.self_attn"):
-        return "text_encoder"
-    if has("head.") or has("stem.") or has("patch_embed.") or has("classifier."):
-        return "tagger"
-    return "unknown"
-
-
-_KIND_WORDS = {
-    "lora": "a LoRA (put it in --lora-dir and use <lora:NAME:WEIGHT> in the prompt)",
-    "vae": "a VAE (give it with --vae)",
-    "embedding": "a textual-inversion embedding (put it in --embeddings-dir and write its name in the prompt)",
-    "deepdanbooru": "a DeepDanbooru tagger (use it with `tagloop tag --model`)",
-    "tagger": "an image classifier or tagger (use it with `tagloop tag --model`)",
-    "controlnet": "a ControlNet, which needs a base checkpoint",
-    "unet": "a bare diffusers UNet without VAE and text encoder",
-    "text_encoder": "a bare text encoder",
-    "unknown": "not a Stable Diffusion checkpoint tagloop recognises",
-}
-
-
-def describe_kind(kind: str) -> str:
-    """Words for a non-checkpoint kind from :func:`classify_keys`."""
-    return _KIND_WORDS.get(kind, kind)
 
 
 def is_fp8(tensors: dict[str, dict]) -> bool:
@@ -463,17 +382,14 @@ def packaged_config_dir(family: str, variant: str | None = None) -> Path:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
-    import torch
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error.
 
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise GeneratorError(f"`--device` must be auto, cpu or cuda, not {device!r}.")
-    has_cuda = torch.cuda.is_available()
-    if device == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if device.startswith("cuda") and not has_cuda:
-        raise GeneratorError("`--device cuda` was asked for but torch sees no CUDA GPU; use `--device cpu` or a CUDA build of torch.")
-    return device
+    tagloop's one device resolution (:func:`tagloop.devices.resolve_device`): the error says what torch
+    shows (a CPU-only build, or a CUDA build and how many GPUs it sees) instead of guessing the cause.
+    """
+    from ..devices import resolve_device as resolve
+
+    return resolve(device)
 
 
 def resolve_dtype(dtype: str, device: str, source: ModelSource | None = None) -> tuple[str, str | None]:
@@ -603,6 +519,9 @@ def load_model(source: ModelSource, options: LoadOptions, progress: bool = True)
         hit = _CACHE.get(key)
     if hit is not None:
         return hit
+    from .quiet import say_library_warnings_once
+
+    say_library_warnings_once()  # diffusers repeats some warnings on every load, once per model part
     with _progress_bars(progress):
         loaded = _load_uncached(source, options, progress)
     with _CACHE_LOCK:
@@ -661,12 +580,15 @@ def _load_uncached(source: ModelSource, options: LoadOptions, progress: bool) ->
     except GeneratorError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        where = source.path or source.repo_id
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError(f"loading {where} as {source.family} failed: {first}") from e
+        raise _load_error(source, options, config_dir, e) from e
 
     if options.vae is not None:
-        vae = _load_vae(options.vae, source, config_dir, dtype)
+        try:
+            vae = _load_vae(options.vae, source, config_dir, dtype)
+        except GeneratorError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise _load_error(source, options, config_dir, e, vae=options.vae) from e
         pipe.register_modules(vae=vae)
     if hasattr(pipe, "safety_checker"):
         pipe.safety_checker = None
@@ -675,6 +597,65 @@ def _load_uncached(source: ModelSource, options: LoadOptions, progress: bool) ->
     _place(loaded, options)
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="steps")
     return loaded
+
+
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sd3": "SD3"}
+
+#: diffusers' shape mismatch: "... because NAME expected shape torch.Size([a, b]), but got torch.Size([c, d]). ..."
+_SHAPE_MISMATCH = re.compile(r"(\S+) expected shape (?:torch\.Size\()?(\[[^\]]*\])\)?, but got (?:torch\.Size\()?(\[[^\]]*\])")
+
+
+def family_words(family: str, variant: str | None = None) -> str:
+    """``sdxl`` -> ``SDXL``; SD3 with its variant (``SD3 large``)."""
+    name = FAMILY_NAMES.get(family, family)
+    return f"{name} {variant}" if family == "sd3" and variant else name
+
+
+def _config_words(source: ModelSource, options: LoadOptions, config_dir: Path | None) -> str:
+    """Which configuration a model was loaded against, in words."""
+    if source.kind != "single_file":
+        return f"its own configuration ({source.path or source.repo_id})"
+    if options.config is not None:
+        return f"the config folder {options.config}"
+    key = source.family if source.family != "sd3" else f"sd3-{source.variant or 'medium'}"
+    return f"tagloop's packaged {PACKAGED_CONFIGS.get(key, key)} config"
+
+
+def _load_error(source: ModelSource, options: LoadOptions, config_dir: Path | None, error: BaseException,
+                vae: Path | None = None) -> ModelFileError:
+    """A failed diffusers load as one sentence: which file, which family, which config did not fit.
+
+    diffusers words a weight of the wrong shape as advice to pass ``low_cpu_mem_usage=False`` and
+    ``ignore_mismatched_sizes=True`` (which would load random weights); a tensor the config expects
+    but the file lacks as a bare ``KeyError``. Both mean the file and the config are different models.
+    """
+    what = f"the VAE {vae}" if vae is not None else str(source.path or source.repo_id)
+    role = f"for an {family_words(source.family, source.variant)} model" if vae is not None else \
+        f"an {family_words(source.family, source.variant)} checkpoint"
+    config = _config_words(source, options, config_dir)
+    if vae is not None:
+        config = "its own config.json" if vae.is_dir() else f"the VAE of {config}"
+        fix = f"give `vae` a VAE made for {family_words(source.family)} models"
+    elif source.kind == "single_file":
+        fix = "give a local diffusers folder of this very model as `config`, or the model itself as a diffusers folder"
+    else:
+        fix = "re-download the model; its files do not match each other"
+    text = str(error).strip()
+    mismatch = _SHAPE_MISMATCH.search(text)
+    if mismatch is not None:
+        name, expected, got = mismatch.groups()
+        return ModelFileError(
+            f"{what} ({role}) does not fit {config}: {name} is {got} in the file but "
+            f"{expected} in the config; {fix}."
+        )
+    if isinstance(error, KeyError):
+        missing = error.args[0] if error.args else text
+        return ModelFileError(
+            f"{what} ({role}) does not fit {config}: the config needs the tensor {missing} "
+            f"that the file does not have; {fix}."
+        )
+    first = text.splitlines()[0] if text else type(error).__name__
+    return ModelFileError(f"loading {what} ({role}) with {config} failed: {first}")
 
 
 def _sd3_folder_kwargs(folder: Path, notices: list[str]) -> dict:
