@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from tagloop.generator import tiny
-from tagloop.generator.command import generate_command
+from tagloop.cli.generate import generate_command
 from tagloop.generator.generate import GenerationSettings, Generator
 from tagloop.generator.models import ModelFileError, cache_clear, classify_keys, resolve_model
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tagloop.errors import GPUUnavailableError, ModelFileError, OutputPathError
 from tagloop.generator import tiny
-from tagloop.generator.command import generate_command
+from tagloop.cli.generate import generate_command
 from tagloop.generator.generate import GenerationSettings, Generator, SettingsError, settings_from_infotext
 from tagloop.generator.models import cache_clear
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
 from tagloop.a1111 import hashes
-from tagloop.generator.info_command import info_command
+from tagloop.cli.info import info_command
 from tagloop.generator.infotext import (
     ImageMetadata,
     build_infotext,

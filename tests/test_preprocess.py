@@ -1,7 +1,11 @@
 """Preprocessing against values derived by hand from the reference projects' published behaviour."""
 
 import io
+import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -169,3 +173,124 @@ def test_a_cap_above_pillows_bomb_limit_is_honoured():
         load_image(bytes(data), max_pixels=300_000_000)
     assert "cap" not in str(e.value)
     assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's global is restored
+
+
+def _wd14_on_the_full_square(img: Image.Image, size: int) -> np.ndarray:
+    """The WD reference, literally: alpha on white, white square of side max(w, h), bicubic, BGR."""
+    canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    canvas.alpha_composite(img.convert("RGBA"))
+    rgb = canvas.convert("RGB")
+    side = max(rgb.size)
+    padded = Image.new("RGB", (side, side), (255, 255, 255))
+    padded.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    if side != size:
+        padded = padded.resize((size, size), resample=Image.Resampling.BICUBIC)
+    return np.asarray(padded, dtype=np.uint8)[:, :, ::-1]
+
+
+def _noise(w: int, h: int, seed: int = 0, alpha: bool = False) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (h, w, 4 if alpha else 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGBA" if alpha else "RGB")
+
+
+@pytest.mark.parametrize(
+    "w, h, size",
+    [(300, 200, 448), (512, 768, 448), (1000, 999, 448), (2000, 50, 448), (50, 2000, 448), (1080, 2340, 448),
+     (600, 200, 64), (200, 600, 64), (90, 40, 64), (72, 100, 64), (500, 100, 448), (7, 3, 448)],
+)
+def test_wd14_matches_the_full_square_exactly_on_ordinary_images(w, h, size):
+    """Without building the square, the output is bit-identical to padding then resizing it."""
+    for alpha in (False, True):
+        img = _noise(w, h, seed=w * 7 + h, alpha=alpha)
+        np.testing.assert_array_equal(wd14(img, size), _wd14_on_the_full_square(img, size))
+
+
+@pytest.mark.parametrize("w, h", [(1500, 20), (20, 1500), (1600, 3), (3, 1600)])
+def test_wd14_long_strips_stay_within_one_level_of_the_full_square(w, h):
+    """Strips take the band path (side > 8 x size, short side < size / 2): at most 1 level off, rarely."""
+    img = _noise(w, h, seed=w + h)
+    ours, ref = wd14(img, 64).astype(int), _wd14_on_the_full_square(img, 64).astype(int)
+    diff = np.abs(ours - ref)
+    assert diff.max() <= 1 and (diff > 0).sum() <= 16, (diff.max(), (diff > 0).sum())
+
+
+_PEAK_PROBE = r"""
+import json, sys, time, tracemalloc
+import cv2
+cv2.setNumThreads(1)
+from tagloop.tagger.preprocess import deepdanbooru_a1111, deepdanbooru_kdd, load_image, wd14
+
+
+def status(key):
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def reset_peak():  # Linux: VmHWM back to the current RSS
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+try:  # a safety net: the full-square code would need ~6.4 GB and fail here at once, not swap
+    import resource
+    vm = status("VmSize")
+    if vm:
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+except (ImportError, ValueError, OSError):
+    pass
+
+report = {}
+for path in sys.argv[1:]:
+    img = load_image(path)
+    for name, fn in (("wd14", lambda: wd14(img, 448)), ("a1111", lambda: deepdanbooru_a1111(img, 512, 512)),
+                     ("kdd", lambda: deepdanbooru_kdd(img, 512, 512))):
+        native = reset_peak() and status("VmRSS")
+        tracemalloc.start()
+        t = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t
+        python_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rss_peak = (status("VmHWM") - native) if native else None
+        report[f"{img.width}x{img.height} {name}"] = [list(out.shape), python_peak, rss_peak, seconds]
+print(json.dumps(report))
+"""
+
+
+def test_long_strip_preprocessing_memory_follows_the_image_not_its_square(tmp_path):
+    """A 40000 x 100 strip (4 MP, under the cap) must not cost a 40000 x 40000 square (~6.4 GB).
+
+    tracemalloc sees numpy and Python allocations; Pillow allocates natively, so on Linux the
+    resident-set peak (VmHWM, reset per call) is bounded too. Run in a child process so its peak is
+    its own and an address-space limit can stop a regression at once.
+    """
+    w, h = 40_000, 100
+    x = np.arange(w, dtype=np.uint32)[None, :]
+    y = np.arange(h, dtype=np.uint32)[:, None]
+    arr = np.stack([(x * 7 + y) % 256, (x // 3 + y * 5) % 256, (x ^ y) % 256], axis=-1).astype(np.uint8)
+    paths = []
+    for name, a in (("wide.png", arr), ("tall.png", arr.transpose(1, 0, 2))):
+        paths.append(str(tmp_path / name))
+        Image.fromarray(np.ascontiguousarray(a), "RGB").save(paths[-1], compress_level=1)
+    decoded = w * h * 3  # 12 MB
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, *paths], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert len(report) == 6
+    for key, (shape, python_peak, rss_peak, seconds) in report.items():
+        assert shape[0] == shape[1] and shape[0] in (448, 512), key
+        assert python_peak <= 4 * decoded, (key, python_peak)
+        if rss_peak is not None:
+            assert rss_peak <= 4 * decoded, (key, rss_peak)
+        assert seconds < 5.0, (key, seconds)  # the full square took ~20 s

@@ -21,8 +21,8 @@ COMMANDS = {
     "tag": (".tag", "tag_command"),
     "convert-deepdanbooru": (".tag", "convert_deepdanbooru_command"),
     "prompt": (".prompt", "prompt_command"),
-    "generate": ("..generator.command", "generate_command"),
-    "info": ("..generator.info_command", "info_command"),
+    "generate": (".generate", "generate_command"),
+    "info": (".info", "info_command"),
     "demo": (".demo", "demo_command"),
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import OutputPathError
-from .models import GeneratorError
+from ..generator.models import GeneratorError
 
 
 def _size(ctx, param, value):
@@ -38,7 +38,7 @@ def _fail(message: str) -> None:
     """One sentence on stderr, exit 2; a setting named in backticks gets its option: `lora_dirs` (--lora-dir)."""
     import re
 
-    from ..cli.errors import with_flags
+    from .errors import with_flags
 
     message = re.sub(r"`([a-z][a-z0-9_]*)`(?! \()", lambda m: f"`{m.group(1)}` ({_SETTING_FLAGS[m.group(1)]})"
                      if m.group(1) in _SETTING_FLAGS else m.group(0), message)
@@ -110,7 +110,7 @@ def generate_command(ctx: click.Context, **opts) -> None:
       tagloop generate --model sdxl.safetensors --from-json prompts.json --size 1024x1024
       tagloop generate --model m.safetensors --infotext 00012-2607380765.png
     """
-    from .generate import GenerationSettings, Generator, read_prompt_file, read_prompt_json, settings_from_infotext
+    from ..generator.generate import GenerationSettings, Generator, read_prompt_file, read_prompt_json, settings_from_infotext
 
     if opts["list_samplers"]:
         from ..a1111.samplers import list_samplers
