@@ -152,7 +152,7 @@ def load_generator(
 
 def read_infotext(path_or_image: "str | Path | bytes | Image.Image") -> dict[str, Any]:
     """The A1111 infotext and ComfyUI prompt/workflow of an image, parsed, as ``tagloop info`` prints them."""
-    from .generator.infotext import read_image_metadata
+    from .a1111.infotext import read_image_metadata
 
     return read_image_metadata(path_or_image).to_dict()
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tagloop.cli import main
-from tagloop.generator.infotext import read_image_metadata
+from tagloop.a1111.infotext import read_image_metadata
 from tagloop.pipeline.demo import MARKER, build_models, draw_source_image
 
 

@@ -75,7 +75,7 @@ def test_same_seed_same_image_and_batch_seeds_advance(sd1):
 
 
 def test_random_seed_is_recorded(sd1):
-    from tagloop.generator.infotext import parse_infotext
+    from tagloop.a1111.infotext import parse_infotext
 
     im = gen(sd1).generate(GenerationSettings(prompt="cat", seed=-1, **FAST))[0]
     assert 0 <= im.seed < 2**32
@@ -158,7 +158,7 @@ def test_vae_file_is_applied_and_recorded(sd1):
 
 
 def test_infotext_round_trip_and_reproduction(sd1, tmp_path):
-    from tagloop.generator.infotext import read_image_metadata
+    from tagloop.a1111.infotext import read_image_metadata
 
     out = tmp_path / "out"
     g = gen(sd1)
@@ -344,7 +344,7 @@ def test_prompt_json_accepts_both_field_names(tmp_path):
 def test_infotext_with_explicit_options_and_img2img_denoise(sd1, tmp_path):
     from PIL import Image
 
-    from tagloop.generator.infotext import read_image_metadata
+    from tagloop.a1111.infotext import read_image_metadata
 
     src = tmp_path / "src.png"
     Image.new("RGB", (64, 64), "gray").save(src)

@@ -93,7 +93,7 @@ def test_an_output_that_would_overwrite_an_input_is_refused_before_any_work(sd1,
     """The namer skips taken names; should an output path ever be an input all the same (here a namer
     made to return the input), the run is refused before any model loads and the input is untouched."""
     import tagloop.generator.generate as generate
-    import tagloop.generator.infotext as infotext
+    import tagloop.a1111.infotext as infotext
 
     out = tmp_path / "out"
     out.mkdir()

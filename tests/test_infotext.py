@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin
 
 from tagloop.a1111 import hashes
 from tagloop.cli.info import info_command
-from tagloop.generator.infotext import (
+from tagloop.a1111.infotext import (
     ImageMetadata,
     build_infotext,
     decode_user_comment,

@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-from tagloop.generator.infotext import parse_infotext
+from tagloop.a1111.infotext import parse_infotext
 from tagloop.a1111.samplers import (
     SAMPLERS,
     SCHEDULE_TYPES,

@@ -35,7 +35,7 @@ def info_command(image: Path, output_format: str) -> None:
     """
     from PIL import Image
 
-    from ..generator.infotext import read_image_metadata
+    from ..a1111.infotext import read_image_metadata
 
     try:
         metadata = read_image_metadata(image)

@@ -296,7 +296,7 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
 def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
     """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
     from ..a1111.samplers import resolve_sampler, sampler_from_infotext
-    from .infotext import parse_infotext, read_image_metadata
+    from ..a1111.infotext import parse_infotext, read_image_metadata
 
     text: str | None = None
     p = _infotext_path(source)
@@ -403,7 +403,7 @@ def _looks_like_a_path(text: str) -> bool:
     or several lines. A single line is a file name when it ends in an image or ``.txt`` extension,
     or holds a path separator and no ``", "`` (tag lists such as ``1girl, black/white`` are prompts).
     """
-    from .infotext import PARAM_PAIR
+    from ..a1111.infotext import PARAM_PAIR
 
     text = text.strip()
     if not text or "\n" in text or len(PARAM_PAIR.findall(text)) >= 3:
@@ -585,7 +585,7 @@ class Generator:
         """
         from ..errors import OutputPathError
         from ..fileio import check_outputs
-        from .infotext import plan_image_paths
+        from ..a1111.infotext import plan_image_paths
 
         out = Path(s.out_dir)
         if out.exists() and not out.is_dir():
@@ -861,7 +861,7 @@ class Generator:
         return p
 
     def _finish(self, loaded: LoadedModel, s: GenerationSettings, job: _Job, image) -> GeneratedImage:
-        from .infotext import build_infotext, next_image_path, save_png
+        from ..a1111.infotext import build_infotext, next_image_path, save_png
 
         infotext = build_infotext(job.positive, job.negative, self.params_for(s, job))
         path = None

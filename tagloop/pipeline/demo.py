@@ -174,7 +174,7 @@ def build_models(models: Path) -> tuple[Path, Path]:
 
 def _is_demo_variant(path: Path) -> bool:
     """A PNG the demo wrote: A1111 name and the demo model's infotext (``Model: sd15-tiny``, tagloop)."""
-    from ..generator.infotext import read_image_metadata
+    from ..a1111.infotext import read_image_metadata
 
     if not (_VARIANT_NAME.match(path.name) and path.is_file()):
         return False
