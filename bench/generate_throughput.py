@@ -55,8 +55,13 @@ def build_full(family: str, folder: Path, dtype_name: str) -> Path:
     if family == "sd15":
         from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline(**parts, scheduler=PNDMScheduler.from_pretrained(cfg / "scheduler"),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **parts,
+            scheduler=PNDMScheduler.from_pretrained(cfg / "scheduler"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     else:
         from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
@@ -84,7 +89,9 @@ def run(args) -> dict:
         size = args.size or 64
     dtype = args.dtype if args.device != "cpu" else "fp32"
     g = Generator(model, device=args.device, dtype=dtype, compile=args.compile, progress=False, notice=lambda m: None)
-    prompts = [(p, "lowres, bad anatomy") for p in (PROMPTS * ((args.prompts + len(PROMPTS) - 1) // len(PROMPTS)))[: args.prompts]]
+    prompts = [
+        (p, "lowres, bad anatomy") for p in (PROMPTS * ((args.prompts + len(PROMPTS) - 1) // len(PROMPTS)))[: args.prompts]
+    ]
     common = dict(steps=args.steps, width=size, height=size, seed=1, sampler=args.sampler)
     # warm-up (compile, allocator, first-call caches)
     g.generate(GenerationSettings(prompts=prompts[: args.batch], max_batch=args.batch, **common))
@@ -110,8 +117,15 @@ def run(args) -> dict:
     out = {
         "model": args.full or "tiny-sd1",
         "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(0),
-        "dtype": dtype, "compile": args.compile, "size": size, "steps": args.steps, "sampler": args.sampler,
-        "prompts": len(prompts), "batch": args.batch, "torch": torch.__version__, "python": platform.python_version(),
+        "dtype": dtype,
+        "compile": args.compile,
+        "size": size,
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "prompts": len(prompts),
+        "batch": args.batch,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "results": rows,
         "speedup_batched": round(rows[1]["images_per_s"] / rows[0]["images_per_s"], 2),
     }
@@ -136,8 +150,10 @@ def main(argv=None) -> int:
     if args.steps is None:
         args.steps = 20 if args.full else 4
     res = run(args)
-    print(f"{res['model']} on {res['device']} ({res['dtype']}{', compiled' if res['compile'] else ''}), "
-          f"{res['size']}x{res['size']}, {res['steps']} steps, {res['prompts']} prompts")
+    print(
+        f"{res['model']} on {res['device']} ({res['dtype']}{', compiled' if res['compile'] else ''}), "
+        f"{res['size']}x{res['size']}, {res['steps']} steps, {res['prompts']} prompts"
+    )
     print(f"{'mode':<28}{'images':>8}{'seconds':>10}{'img/s':>10}")
     for r in res["results"]:
         print(f"{r['mode']:<28}{r['images']:>8}{r['seconds']:>10.2f}{r['images_per_s']:>10.3f}")

@@ -93,8 +93,10 @@ def main() -> None:
         cases = [
             ("tagloop --help", probe + ["--help"]),
             ("tag, ONNX tagger (WD14 layout, 448)", probe + ["tag", str(img), "--model", str(wd), "-q"]),
-            ("tag, ONNX tagger, torch imported first (naive)",
-             [sys.executable, "-c", _NAIVE, "tag", str(img), "--model", str(wd), "-q"]),
+            (
+                "tag, ONNX tagger, torch imported first (naive)",
+                [sys.executable, "-c", _NAIVE, "tag", str(img), "--model", str(wd), "-q"],
+            ),
             ("tag, DeepDanbooru port (tiny widths)", probe + ["tag", str(img), "--model", str(dd), "-q"]),
         ]
         rows = []

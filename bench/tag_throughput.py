@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # (model_args as in the releases' config.json; wd-swinv2-tagger-v3's was checked, the others follow
 # the same pattern: 448 input, tanh GELU, and for ViT no class token with average pooling.)
 WD_TIMM = {
-    "wd-vit-v3": ("vit_base_patch16_224", {"img_size": 448, "act_layer": "gelu_tanh", "class_token": False,
-                                            "global_pool": "avg", "fc_norm": False}),
+    "wd-vit-v3": (
+        "vit_base_patch16_224",
+        {"img_size": 448, "act_layer": "gelu_tanh", "class_token": False, "global_pool": "avg", "fc_norm": False},
+    ),
     "wd-swinv2-v3": ("swinv2_base_window8_256", {"img_size": 448, "window_size": 14, "act_layer": "gelu_tanh"}),
     "wd-convnext-v3": ("convnext_base", {}),
     "wd-eva02-large-v3": ("eva02_large_patch14_448", {}),
@@ -63,8 +65,9 @@ def build_model(kind: str, folder: Path, device: str, dtype: str):
         from tagloop.testing import save_tiny_deepdanbooru
 
         if kind == "dd-full":
-            path, _ = save_tiny_deepdanbooru(folder / "model-resnet_custom_v3.safetensors", num_tags=9176,
-                                             widths=DeepDanbooruWidths.full())
+            path, _ = save_tiny_deepdanbooru(
+                folder / "model-resnet_custom_v3.safetensors", num_tags=9176, widths=DeepDanbooruWidths.full()
+            )
         else:
             path, _ = save_tiny_deepdanbooru(folder / "tiny.safetensors", num_tags=64)
         return load_tagger(path, opts)
@@ -72,8 +75,9 @@ def build_model(kind: str, folder: Path, device: str, dtype: str):
         from tagloop.tagger.wd_timm import save_tiny_wd_v3_timm
 
         arch, args = WD_TIMM[kind]
-        out = save_tiny_wd_v3_timm(folder / kind, architecture=arch, model_args=args, img_size=448,
-                                   num_general=9000, num_character=1000)
+        out = save_tiny_wd_v3_timm(
+            folder / kind, architecture=arch, model_args=args, img_size=448, num_general=9000, num_character=1000
+        )
         return load_tagger(out, opts, backend="wd-timm")
     raise SystemExit(f"unknown --model {kind!r}; choose dd-full, dd-tiny or one of {', '.join(WD_TIMM)}")
 

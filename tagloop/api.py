@@ -19,8 +19,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Keyword arguments of :func:`load_tagger` (everything else given to :func:`tag` is a tag option).
 _LOAD_KEYS = (
-    "device", "dtype", "a1111_dir", "comfyui_dir", "allow_pickle", "require_gpu", "tensorrt", "backend",
-    "dd_preprocess", "tags_file", "input_size",
+    "device",
+    "dtype",
+    "a1111_dir",
+    "comfyui_dir",
+    "allow_pickle",
+    "require_gpu",
+    "tensorrt",
+    "backend",
+    "dd_preprocess",
+    "tags_file",
+    "input_size",
 )
 
 
@@ -38,7 +47,7 @@ def load_tagger(
     dd_preprocess: str = "a1111",
     tags_file: str | Path | None = None,
     input_size: str | int | None = None,
-) -> "Tagger":
+) -> Tagger:
     """Load a tagger, resolved as the ``tag`` command's model setting is, once per process.
 
     ``model`` is a file, a folder, ``deepdanbooru`` (found under ``a1111_dir``), a WD14 name or a
@@ -64,7 +73,7 @@ def load_tagger(
     return get_tagger(spec, options, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, backend=backend)
 
 
-def tag(image: "str | Path | bytes | Image.Image | Any", model: str | Path | None = None, **options: Any) -> "TagResult":
+def tag(image: str | Path | bytes | Image.Image | Any, model: str | Path | None = None, **options: Any) -> TagResult:
     """Tag one image in one call: ``tagloop.tag("a.png").tags``.
 
     ``options`` are :func:`load_tagger`'s keywords and the fields of
@@ -75,7 +84,7 @@ def tag(image: "str | Path | bytes | Image.Image | Any", model: str | Path | Non
     return load_tagger(model, **load).tag(image, **options)
 
 
-def compose_prompt(result_or_tags: "TagResult | str | Iterable[Any]", **settings: Any) -> "ComposedPrompt":
+def compose_prompt(result_or_tags: TagResult | str | Iterable[Any], **settings: Any) -> ComposedPrompt:
     """Filter tags and compose the positive and negative prompt -> :class:`ComposedPrompt`.
 
     ``result_or_tags`` is a :class:`TagResult`, a ``"tag, tag"`` string (``(tag:0.9)`` gives a
@@ -98,7 +107,7 @@ def compose_prompt(result_or_tags: "TagResult | str | Iterable[Any]", **settings
     return _compose(result, prompt_settings)
 
 
-def _result_from_tags(tags: "str | Iterable[Any]") -> "TagResult":
+def _result_from_tags(tags: str | Iterable[Any]) -> TagResult:
     from .tagger.result import TagResult, TagScore
     from .tagtext import split_tags
 
@@ -129,7 +138,7 @@ def load_generator(
     a1111_dir: str | Path | None = None,
     comfyui_dir: str | Path | None = None,
     **options: Any,
-) -> "Generator":
+) -> Generator:
     """A Stable Diffusion :class:`~tagloop.generator.generate.Generator`, resolved now, loaded on first use.
 
     ``model`` is a checkpoint file, a diffusers folder, a name in ``a1111_dir``/``comfyui_dir`` or a
@@ -139,18 +148,36 @@ def load_generator(
     """
     from .generator.generate import Generator
 
-    key = (str(model), device, dtype, str(vae), tuple(map(str, lora_dirs)), tuple(map(str, embeddings_dirs)),
-           str(a1111_dir), str(comfyui_dir), tuple(sorted((k, repr(v)) for k, v in options.items())))
+    key = (
+        str(model),
+        device,
+        dtype,
+        str(vae),
+        tuple(map(str, lora_dirs)),
+        tuple(map(str, embeddings_dirs)),
+        str(a1111_dir),
+        str(comfyui_dir),
+        tuple(sorted((k, repr(v)) for k, v in options.items())),
+    )
     with _GEN_LOCK:
         gen = _GENERATORS.get(key)
         if gen is None:
-            gen = Generator(model, device=device, dtype=dtype, vae=vae, lora_dirs=lora_dirs, embeddings_dirs=embeddings_dirs,
-                            a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, **options)
+            gen = Generator(
+                model,
+                device=device,
+                dtype=dtype,
+                vae=vae,
+                lora_dirs=lora_dirs,
+                embeddings_dirs=embeddings_dirs,
+                a1111_dir=a1111_dir,
+                comfyui_dir=comfyui_dir,
+                **options,
+            )
             _GENERATORS[key] = gen
         return gen
 
 
-def read_infotext(path_or_image: "str | Path | bytes | Image.Image") -> dict[str, Any]:
+def read_infotext(path_or_image: str | Path | bytes | Image.Image) -> dict[str, Any]:
     """The A1111 infotext and ComfyUI prompt/workflow of an image, parsed, as ``tagloop info`` prints them."""
     from .a1111.infotext import read_image_metadata
 
@@ -208,5 +235,5 @@ def _config_value(key: str, command: str) -> Any:
 
 import threading  # noqa: E402  (kept beside the cache it guards)
 
-_GENERATORS: dict[tuple, "Generator"] = {}
+_GENERATORS: dict[tuple, Generator] = {}
 _GEN_LOCK = threading.Lock()

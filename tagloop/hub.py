@@ -61,7 +61,7 @@ def hub_unreachable(endpoint: str | None = None) -> str | None:
             return None
     except socket.gaierror:
         return f"the hub's host {host} cannot be resolved (no network?)"
-    except socket.timeout:
+    except TimeoutError:
         return f"the hub ({host}) did not answer within {timeout:g} s"
     except OSError as e:
         return f"the hub ({host}:{port}) cannot be reached ({e.strerror or e})"

@@ -13,8 +13,17 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, total: int, what: str = "images", *, desc: str = "tagging", enabled: bool = True,
-                 interval: float = 10.0, stream: TextIO | None = None, start: float | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        what: str = "images",
+        *,
+        desc: str = "tagging",
+        enabled: bool = True,
+        interval: float = 10.0,
+        stream: TextIO | None = None,
+        start: float | None = None,
+    ) -> None:
         self.total = total
         self.what = what
         self.desc = desc
@@ -66,7 +75,7 @@ class Progress:
         tail = " (interrupted)" if interrupted else ""
         return f"tagloop: {', '.join(parts)} in {self.seconds():.1f} s{tail}"
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -96,7 +96,14 @@ def classify_keys(tensors: Mapping[str, dict] | Iterable[str]) -> str:
     def contains(part: str) -> bool:
         return any(part in k for k in keys)
 
-    if contains("lora_down") or contains("lora_up") or contains(".lora_A.") or contains(".lora_B.") or has("lora_unet_") or has("lora_te"):
+    if (
+        contains("lora_down")
+        or contains("lora_up")
+        or contains(".lora_A.")
+        or contains(".lora_B.")
+        or has("lora_unet_")
+        or has("lora_te")
+    ):
         return "lora"
     if "n_Conv_0.weight" in keys or "n_Conv_178.weight" in keys:
         return "deepdanbooru"

@@ -72,7 +72,9 @@ def build_steps(swap_stage4: bool = False) -> list[tuple]:
     return steps
 
 
-def reference_forward(state_dict: Mapping[str, torch.Tensor], images_nhwc: torch.Tensor, swap_stage4: bool = False) -> torch.Tensor:
+def reference_forward(
+    state_dict: Mapping[str, torch.Tensor], images_nhwc: torch.Tensor, swap_stage4: bool = False
+) -> torch.Tensor:
     """NHWC float images in 0..1 -> (N, T) probabilities, computed in float64."""
 
     def weight(i: int) -> torch.Tensor:

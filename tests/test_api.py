@@ -14,7 +14,6 @@ from PIL import Image
 
 import tagloop
 from tagloop.cli import main
-from tagloop.testing import save_tiny_deepdanbooru, save_tiny_wd14_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +38,20 @@ def cli_json(*args):
 def test_tag_many_equals_the_cli_json(tiny_wd, images):
     tagger = tagloop.load_tagger(tiny_wd, device="cpu")
     api = [r.to_json() for r in tagger.tag_many(images, batch_size=2, general_threshold=0.3)]
-    cli = cli_json("tag", *images, "--model", tiny_wd, "--device", "cpu", "--format", "json", "--batch-size", "2",
-                   "--general-threshold", "0.3")
+    cli = cli_json(
+        "tag",
+        *images,
+        "--model",
+        tiny_wd,
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+        "--batch-size",
+        "2",
+        "--general-threshold",
+        "0.3",
+    )
     assert api == cli
 
 
@@ -103,8 +114,13 @@ def test_compose_prompt_equals_the_cli(tiny_wd, images, tmp_path):
 
 def _modules_after(code: str) -> set[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return set(out.stdout.split())
 
@@ -163,10 +179,32 @@ def test_generator_api_equals_the_cli_and_reads_back(sd1, tmp_path):
     same = gen.generate(tagloop.GenerationSettings(**fields), out_dir=str(tmp_path / "api2"))
     assert len(images) == 1 and images[0].seed == 5 and images[0].path.is_file()
     assert np.array_equal(np.asarray(images[0].image), np.asarray(same[0].image))
-    r = CliRunner().invoke(main, ["generate", "--model", str(sd1["ckpt"]), "--config-dir", str(sd1["config"]),
-                                  "--prompt", fields["prompt"], "--negative", "lowres", "--seed", "5", "--steps", "2",
-                                  "--size", "64x64", "--device", "cpu", "-q", "--out", str(tmp_path / "cli")],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(sd1["ckpt"]),
+            "--config-dir",
+            str(sd1["config"]),
+            "--prompt",
+            fields["prompt"],
+            "--negative",
+            "lowres",
+            "--seed",
+            "5",
+            "--steps",
+            "2",
+            "--size",
+            "64x64",
+            "--device",
+            "cpu",
+            "-q",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     cli_png = next((tmp_path / "cli").glob("*.png"))
     assert np.array_equal(np.asarray(Image.open(cli_png).convert("RGB")), np.asarray(Image.open(images[0].path).convert("RGB")))

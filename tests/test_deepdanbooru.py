@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tagloop.tagger import deepdanbooru as dd
-from tagloop.testing import taggers as tiny
 from tagloop.tagger.base import LoadOptions, ModelFileError, TaggerError
+from tagloop.testing import taggers as tiny
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_deepdanbooru import reference_forward  # noqa: E402
@@ -176,8 +176,10 @@ def _write_pt(path: Path, sd: dict, tags: list[str]) -> Path:
     [
         (lambda sd, tags: sd.pop("n_Conv_50.bias"), r"n_Conv_50\.bias.*missing.*\(8,\)"),
         (lambda sd, tags: sd.pop("n_Conv_0.weight"), r"n_Conv_0\.weight.*missing"),
-        (lambda sd, tags: sd.__setitem__("n_Conv_98.weight", torch.zeros(8, 8, 1, 1)),
-         r"n_Conv_98\.weight.*shape \(8, 8, 1, 1\), expected \(8, 8, 3, 3\)"),
+        (
+            lambda sd, tags: sd.__setitem__("n_Conv_98.weight", torch.zeros(8, 8, 1, 1)),
+            r"n_Conv_98\.weight.*shape \(8, 8, 1, 1\), expected \(8, 8, 3, 3\)",
+        ),
         (lambda sd, tags: sd.__setitem__("n_Conv_178.bias", torch.zeros(32)), r"unexpected key 'n_Conv_178\.bias'"),
         (lambda sd, tags: tags.pop(), r"31 names.*'n_Conv_178\.weight' has 32 output channels"),
         (lambda sd, tags: sd.__setitem__("n_Conv_7.bias", torch.zeros(16, dtype=torch.long)), r"n_Conv_7\.bias.*dtype"),

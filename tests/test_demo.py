@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tagloop.cli import main
 from tagloop.a1111.infotext import read_image_metadata
+from tagloop.cli import main
 from tagloop.pipeline.demo import MARKER, build_models, draw_source_image
 
 

@@ -9,14 +9,13 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from tagloop.a1111.clip_bpe import clip_vocab
 from tagloop.generator.encode import (
     count_chunks,
     encode_prompt_a1111,
     encode_prompt_sdxl,
     tokenize_chunks,
 )
-from tagloop.a1111.clip_bpe import clip_vocab
-
 
 MERGES = [("c", "a"), ("ca", "t</w>")]
 
@@ -77,7 +76,12 @@ def full_ids(tokenizer: CLIPTokenizer, chunk) -> torch.Tensor:
 
 def test_tokenizer_fixture_is_sane(tokenizer) -> None:
     ids = tokenizer("a cat, b", add_special_tokens=False)["input_ids"]
-    assert ids == [letter_id(tokenizer, "a"), tokenizer.get_vocab()["cat</w>"], tokenizer.get_vocab()[",</w>"], letter_id(tokenizer, "b")]
+    assert ids == [
+        letter_id(tokenizer, "a"),
+        tokenizer.get_vocab()["cat</w>"],
+        tokenizer.get_vocab()[",</w>"],
+        letter_id(tokenizer, "b"),
+    ]
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
 
 

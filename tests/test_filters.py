@@ -74,11 +74,19 @@ def test_wildcards_regex_and_force_keep():
         "*_background\n"
         "!simple background  # keep this one\n"
         "re:.*_(focus|request)\n"
-        "re:holding .*\n"          # a regex written with spaces also matches underscore tags
+        "re:holding .*\n"  # a regex written with spaces also matches underscore tags
         "!re:holding_(sword|bow)\n"
     )
-    tags = [T("white_background"), T("simple_background"), T("male_focus"), T("commentary_request"),
-            T("holding_umbrella"), T("holding_sword"), T("background"), T("focus")]
+    tags = [
+        T("white_background"),
+        T("simple_background"),
+        T("male_focus"),
+        T("commentary_request"),
+        T("holding_umbrella"),
+        T("holding_sword"),
+        T("background"),
+        T("focus"),
+    ]
     log = FilterLog()
     assert names(bl.apply(tags, log)) == ["simple_background", "holding_sword", "background", "focus"]
     forced = [e for e in log.events if e.action == "force_kept"]
@@ -140,12 +148,12 @@ def test_blocklist_filter_on_results_keeps_rating(tmp_path):
 def test_ratings_of_every_family_are_removed_and_kept_as_rating():
     tags = [
         T("1girl", 0.99),
-        T("rating:safe", 0.9, "general"),          # DeepDanbooru 2021 list, category from the name
+        T("rating:safe", 0.9, "general"),  # DeepDanbooru 2021 list, category from the name
         T("rating:questionable", 0.1, "rating"),
-        T("rating:sensitive", 0.2, "rating"),      # DeepDanbooru 2022+
-        T("general", 0.8, "rating"),               # WD14 category 9
+        T("rating:sensitive", 0.2, "rating"),  # DeepDanbooru 2022+
+        T("general", 0.8, "rating"),  # WD14 category 9
         T("explicit", 0.05, "rating"),
-        T("general_(term)", 0.3, "general"),       # not a rating
+        T("general_(term)", 0.3, "general"),  # not a rating
     ]
     log = FilterLog()
     assert names(drop_ratings(tags, log)) == ["1girl", "general_(term)"]
@@ -167,8 +175,13 @@ def test_builtin_anime_style_drops_and_moves():
     assert names(kept) == ["1girl", "smile"]
     assert names(log.negative) == ["realistic", "3d"]
     actions = {e.tag: e.action for e in log.events}
-    assert actions == {"chibi": "removed", "super_deformed": "removed", "furry": "removed",
-                       "realistic": "moved_to_negative", "3d": "moved_to_negative"}
+    assert actions == {
+        "chibi": "removed",
+        "super_deformed": "removed",
+        "furry": "removed",
+        "realistic": "moved_to_negative",
+        "3d": "moved_to_negative",
+    }
     assert all("`anime` style" in e.reason for e in log.events)
 
 
@@ -184,7 +197,9 @@ def test_style_file_toml_and_yaml(tmp_path):
     assert names(kept) == ["1girl"] and names(log.negative) == ["speech_bubble", "english_text"]
 
     yaml_path = tmp_path / "mine.yaml"
-    yaml_path.write_text("groups:\n  - name: photo\n    action: drop\n    tags: [photorealistic, 're:photo_\\(.*\\)']\n", encoding="utf-8")
+    yaml_path.write_text(
+        "groups:\n  - name: photo\n    action: drop\n    tags: [photorealistic, 're:photo_\\(.*\\)']\n", encoding="utf-8"
+    )
     rules = resolve_style(str(yaml_path))
     kept, log = apply_filters([T("photo_(medium)"), T("photorealistic"), T("smile")], FilterSettings(style=rules))
     assert names(kept) == ["smile"]
@@ -220,20 +235,20 @@ def test_force_keep_beats_style_and_overlap():
         ("ribbon", "hair_ribbon", True),
         ("hair_ribbon", "red_hair_ribbon", True),
         ("thighhighs", "white thighhighs", True),
-        ("hair", "hairband", False),              # whole words only
-        ("bow", "bow_(weapon)", False),           # a qualifier disambiguates
+        ("hair", "hairband", False),  # whole words only
+        ("bow", "bow_(weapon)", False),  # a qualifier disambiguates
         ("slime_(substance)", "green_slime_(creature)", False),
-        ("shoes", "no_shoes", False),             # negation
-        ("cloud", "cloud_print", False),          # a print is not the thing
+        ("shoes", "no_shoes", False),  # negation
+        ("cloud", "cloud_print", False),  # a print is not the thing
         ("solo", "solo_focus", False),
         ("long_hair", "long_hair", False),
-        ("^_^", "^_^_face", False),               # kaomoji
-        ("bow", "bowtie", False),                 # one word: a bowtie is not a bow tag
+        ("^_^", "^_^_face", False),  # kaomoji
+        ("bow", "bowtie", False),  # one word: a bowtie is not a bow tag
         ("bow", "hair_bow", True),
         # the last word names the thing; earlier words only qualify it
         ("hair", "hair_ornament", False),
         ("hair", "hair_between_eyes", False),
-        ("cat", "cat_ears", False),               # a cat and a girl with cat ears are different pictures
+        ("cat", "cat_ears", False),  # a cat and a girl with cat ears are different pictures
         ("animal", "animal_ears", False),
         ("heart", "heart_hands", False),
         ("ears", "cat_ears", True),
@@ -244,8 +259,17 @@ def test_overlap_rule(short, long, expected):
 
 
 def test_overlap_removal_general_only_and_switchable():
-    tags = [T("1girl", 0.99), T("long_hair", 0.9), T("very_long_hair", 0.7), T("hair", 0.4), T("ribbon", 0.5),
-            T("hair_ribbon", 0.6), T("hair", 0.9, "character"), T("bow"), T("bow_(weapon)")]
+    tags = [
+        T("1girl", 0.99),
+        T("long_hair", 0.9),
+        T("very_long_hair", 0.7),
+        T("hair", 0.4),
+        T("ribbon", 0.5),
+        T("hair_ribbon", 0.6),
+        T("hair", 0.9, "character"),
+        T("bow"),
+        T("bow_(weapon)"),
+    ]
     log = FilterLog()
     kept = drop_overlapping_tags(tags, log)
     assert names(kept) == ["1girl", "very_long_hair", "hair_ribbon", "hair", "bow", "bow_(weapon)"]
@@ -269,12 +293,30 @@ def test_dedupe_keeps_first_spelling_best_score():
 
 
 def test_order_pins_then_characters_then_score():
-    tags = [T("smile", 0.95), T("solo", 0.9), T("hatsune_miku", 0.8, "character"), T("1girl", 0.7),
-            T("vocaloid", 0.75, "copyright"), T("blush", 0.6)]
+    tags = [
+        T("smile", 0.95),
+        T("solo", 0.9),
+        T("hatsune_miku", 0.8, "character"),
+        T("1girl", 0.7),
+        T("vocaloid", 0.75, "copyright"),
+        T("blush", 0.6),
+    ]
     assert names(order_tags(tags, ["1girl", "solo", "absent_tag"])) == [
-        "1girl", "solo", "hatsune_miku", "smile", "vocaloid", "blush"]
+        "1girl",
+        "solo",
+        "hatsune_miku",
+        "smile",
+        "vocaloid",
+        "blush",
+    ]
     assert names(order_tags(tags, (), ("character", "copyright"))) == [
-        "hatsune_miku", "vocaloid", "smile", "solo", "1girl", "blush"]
+        "hatsune_miku",
+        "vocaloid",
+        "smile",
+        "solo",
+        "1girl",
+        "blush",
+    ]
     assert names(order_tags(tags, (), ())) == ["smile", "solo", "hatsune_miku", "vocaloid", "1girl", "blush"]
 
 
@@ -292,9 +334,9 @@ def test_max_tags_drops_lowest_scores_never_pins():
 
 def test_replacement_applies_to_wd_and_deepdanbooru_spellings_alike(tmp_path):
     rules = {"long hair": "very long hair", "hair_ribbon_(blue)": "blue ribbon", "watermark": ""}
-    wd = [T("long_hair"), T("hair_ribbon_(blue)"), T("watermark")]             # selected_tags.csv names
-    dd = [T("long_hair"), T("hair_ribbon_(blue)"), T("watermark")]             # tags.txt names
-    a1111 = [T("long hair"), T("hair ribbon \\(blue\\)"), T("Watermark")]    # A1111-formatted text
+    wd = [T("long_hair"), T("hair_ribbon_(blue)"), T("watermark")]  # selected_tags.csv names
+    dd = [T("long_hair"), T("hair_ribbon_(blue)"), T("watermark")]  # tags.txt names
+    a1111 = [T("long hair"), T("hair ribbon \\(blue\\)"), T("Watermark")]  # A1111-formatted text
     for tags in (wd, dd, a1111):
         log = FilterLog()
         assert names(replace_tags(tags, rules, log)) == ["very_long_hair", "blue_ribbon"]
@@ -307,7 +349,9 @@ def test_replacement_applies_to_wd_and_deepdanbooru_spellings_alike(tmp_path):
 
 
 def test_replacement_then_dedupe_in_chain():
-    kept, log = apply_filters([T("long_hair", 0.4), T("very_long_hair", 0.8)], FilterSettings(replace=("long hair=very long hair",)))
+    kept, log = apply_filters(
+        [T("long_hair", 0.4), T("very_long_hair", 0.8)], FilterSettings(replace=("long hair=very long hair",))
+    )
     assert kept == [T("very_long_hair", 0.8)]
     assert [(e.filter, e.action) for e in log.events] == [("replace", "replaced"), ("dedupe", "removed")]
 
@@ -325,13 +369,29 @@ def test_bad_replacement_line(tmp_path):
 def test_chain_records_every_removal_with_a_reason(tmp_path):
     path = tmp_path / "filter.txt"
     path.write_text("comic\n*_background\n", encoding="utf-8")
-    tags = [T("1girl", 0.99), T("comic", 0.8), T("white_background", 0.7), T("rating:safe", 0.9, "rating"),
-            T("long_hair", 0.6), T("very_long_hair", 0.5), T("chibi", 0.4), T("realistic", 0.3), T("1girl", 0.2)]
+    tags = [
+        T("1girl", 0.99),
+        T("comic", 0.8),
+        T("white_background", 0.7),
+        T("rating:safe", 0.9, "rating"),
+        T("long_hair", 0.6),
+        T("very_long_hair", 0.5),
+        T("chibi", 0.4),
+        T("realistic", 0.3),
+        T("1girl", 0.2),
+    ]
     kept, log = apply_filters(tags, FilterSettings(filter_files=(path,), style="anime"))
     assert names(kept) == ["1girl", "very_long_hair"]
     removed = {e.tag: e.filter for e in log.removed()}
-    assert removed == {"1girl": "dedupe", "rating:safe": "rating", "comic": "blocklist", "white_background": "blocklist",
-                       "chibi": "style", "realistic": "style", "long_hair": "overlap"}
+    assert removed == {
+        "1girl": "dedupe",
+        "rating:safe": "rating",
+        "comic": "blocklist",
+        "white_background": "blocklist",
+        "chibi": "style",
+        "realistic": "style",
+        "long_hair": "overlap",
+    }
     assert all(e.reason for e in log.events)
     data = log.to_json()
     assert data["rating"] == {"safe": 0.9} and data["negative"][0]["name"] == "realistic"

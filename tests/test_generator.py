@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from tagloop.generator import tiny
 from tagloop.cli.generate import generate_command
+from tagloop.generator import tiny
 from tagloop.generator.generate import GenerationSettings, Generator
 from tagloop.generator.models import ModelFileError, cache_clear, classify_keys, resolve_model
 
@@ -31,8 +30,16 @@ def sd1(tmp_path_factory):
     vae = tiny.save_tiny_vae_file(pipe, a1111 / "models" / "VAE" / "tiny-vae.safetensors")
     (a1111 / "embeddings").mkdir()
     tiny.save_tiny_embedding(pipe, a1111 / "embeddings" / "tinyneg.safetensors", vectors=2)
-    yield {"root": root, "pipe": pipe, "diffusers": root / "diffusers", "config": root / "config", "ckpt": ckpt,
-           "a1111": a1111, "vae": vae, "lora_dir": a1111 / "models" / "Lora"}
+    yield {
+        "root": root,
+        "pipe": pipe,
+        "diffusers": root / "diffusers",
+        "config": root / "config",
+        "ckpt": ckpt,
+        "a1111": a1111,
+        "vae": vae,
+        "lora_dir": a1111 / "models" / "Lora",
+    }
     cache_clear()
 
 
@@ -113,7 +120,7 @@ def test_lora_changes_the_image_and_weight_zero_does_not(sd1):
     assert np.array_equal(zero, base)
     assert np.abs(half - base).max() > 0 and not np.array_equal(half, arr(full.image))
     assert np.array_equal(after, base)  # LoRA is switched off again when the prompt drops it
-    assert "Lora hashes: \"tinystyle: " in full.infotext or "Lora hashes: tinystyle: " in full.infotext
+    assert 'Lora hashes: "tinystyle: ' in full.infotext or "Lora hashes: tinystyle: " in full.infotext
     assert "<lora:tinystyle:1>" in full.infotext.splitlines()[0]  # the prompt is recorded as written
 
 
@@ -162,9 +169,19 @@ def test_infotext_round_trip_and_reproduction(sd1, tmp_path):
 
     out = tmp_path / "out"
     g = gen(sd1)
-    s = GenerationSettings(prompt="1girl, (long hair:1.1), smile", negative_prompt="lowres, bad anatomy", seed=77,
-                           steps=2, width=64, height=72, sampler="DPM++ 2M", schedule_type="Karras", cfg_scale=6.5,
-                           clip_skip=2, out_dir=out)
+    s = GenerationSettings(
+        prompt="1girl, (long hair:1.1), smile",
+        negative_prompt="lowres, bad anatomy",
+        seed=77,
+        steps=2,
+        width=64,
+        height=72,
+        sampler="DPM++ 2M",
+        schedule_type="Karras",
+        cfg_scale=6.5,
+        clip_skip=2,
+        out_dir=out,
+    )
     im = g.generate(s)[0]
     assert im.path == out / "00000-77.png"
     meta = read_image_metadata(im.path)
@@ -172,15 +189,34 @@ def test_infotext_round_trip_and_reproduction(sd1, tmp_path):
     p = meta.parameters
     assert p["Prompt"] == s.prompt and p["Negative prompt"] == s.negative_prompt
     assert (p["Steps"], p["Sampler"], p["CFG scale"], p["Seed"]) == ("2", "DPM++ 2M", "6.5", "77") or (
-        int(p["Steps"]), p["Sampler"], float(p["CFG scale"]), int(p["Seed"])) == (2, "DPM++ 2M", 6.5, 77)
+        int(p["Steps"]),
+        p["Sampler"],
+        float(p["CFG scale"]),
+        int(p["Seed"]),
+    ) == (2, "DPM++ 2M", 6.5, 77)
     assert (int(p["Size-1"]), int(p["Size-2"]), int(p["Clip skip"])) == (64, 72, 2)
     assert p["Model"] == "tinyanime_v1" and len(str(p["Model hash"])) == 10
     _check_with_independent_parser(im.infotext, s)
 
     # --infotext PNG re-creates the same image
-    res = CliRunner().invoke(generate_command, ["--model", str(sd1["ckpt"]), "--config-dir", str(sd1["config"]),
-                                                "--infotext", str(im.path), "--out", str(tmp_path / "again"),
-                                                "--device", "cpu", "-q", "--format", "json"])
+    res = CliRunner().invoke(
+        generate_command,
+        [
+            "--model",
+            str(sd1["ckpt"]),
+            "--config-dir",
+            str(sd1["config"]),
+            "--infotext",
+            str(im.path),
+            "--out",
+            str(tmp_path / "again"),
+            "--device",
+            "cpu",
+            "-q",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     again = json.loads(res.stdout.strip().splitlines()[-1])
     assert again["seed"] == 77
@@ -194,7 +230,7 @@ def _check_with_independent_parser(text: str, s: GenerationSettings) -> None:
     lines = text.strip().split("\n")
     params = lines[-1]
     neg = [ln for ln in lines if ln.startswith("Negative prompt: ")]
-    assert lines[0] == s.prompt and neg[0][len("Negative prompt: "):] == s.negative_prompt
+    assert lines[0] == s.prompt and neg[0][len("Negative prompt: ") :] == s.negative_prompt
     pairs = {}
     for part in params.split(", "):
         if ": " in part:
@@ -216,7 +252,9 @@ def test_several_prompts_are_batched_into_one_forward(sd1, monkeypatch):
         return orig(self, *a, **kw)
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", counting)
-    images = gen(sd1).generate(GenerationSettings(prompts=[("cat", "lowres"), ("dog", ""), ("1girl, smile", "bad")], seed=3, **FAST))
+    images = gen(sd1).generate(
+        GenerationSettings(prompts=[("cat", "lowres"), ("dog", ""), ("1girl, smile", "bad")], seed=3, **FAST)
+    )
     assert calls == [3]  # one forward for the three prompts
     assert [im.prompt for im in images] == ["cat", "dog", "1girl, smile"]
     assert [im.seed for im in images] == [3, 3, 3]  # each prompt restarts at the seed, as A1111's prompt files do
@@ -284,11 +322,36 @@ def test_wrong_files_are_named(sd1, tmp_path):
 
 
 def test_names_resolve_in_the_a1111_folders(sd1, tmp_path):
-    res = CliRunner().invoke(generate_command, [
-        "--model", "tinyanime_v1", "--a1111-dir", str(sd1["a1111"]), "--config-dir", str(sd1["config"]),
-        "--vae", "tiny-vae", "--prompt", "1girl <lora:tinystyle:0.7>", "--negative", "tinyneg",
-        "--steps", "2", "--size", "64x64", "--seed", "8", "--out", str(tmp_path), "--device", "cpu", "-q", "--format", "json",
-    ])
+    res = CliRunner().invoke(
+        generate_command,
+        [
+            "--model",
+            "tinyanime_v1",
+            "--a1111-dir",
+            str(sd1["a1111"]),
+            "--config-dir",
+            str(sd1["config"]),
+            "--vae",
+            "tiny-vae",
+            "--prompt",
+            "1girl <lora:tinystyle:0.7>",
+            "--negative",
+            "tinyneg",
+            "--steps",
+            "2",
+            "--size",
+            "64x64",
+            "--seed",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-q",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout.strip().splitlines()[-1])
     assert info["path"].endswith("00000-8.png")
@@ -314,8 +377,23 @@ def test_bad_input_is_one_sentence_and_exit_2(sd1, tmp_path, args, words):
     img = tmp_path / "in.png"
     Image.new("RGB", (64, 64), "white").save(img)
     args = [str(img) if a == "__IMG__" else a for a in args]
-    base = ["--model", str(sd1["ckpt"]), "--config-dir", str(sd1["config"]), "--out", str(tmp_path / "out"), "--device", "cpu", "-q",
-            "--lora-dir", str(sd1["lora_dir"]), "--steps", "2", "--size", "64x64"]
+    base = [
+        "--model",
+        str(sd1["ckpt"]),
+        "--config-dir",
+        str(sd1["config"]),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "-q",
+        "--lora-dir",
+        str(sd1["lora_dir"]),
+        "--steps",
+        "2",
+        "--size",
+        "64x64",
+    ]
     if "--prompt" not in args:
         base += ["--prompt", "cat"]
     res = CliRunner().invoke(generate_command, base + args)
@@ -349,14 +427,18 @@ def test_infotext_with_explicit_options_and_img2img_denoise(sd1, tmp_path):
     src = tmp_path / "src.png"
     Image.new("RGB", (64, 64), "gray").save(src)
     info = tmp_path / "info.txt"
-    info.write_text("cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Denoising strength: 0.3, Version: v1.10.1\n")
+    info.write_text(
+        "cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Denoising strength: 0.3, Version: v1.10.1\n"
+    )
     base = ["--model", str(sd1["ckpt"]), "--config-dir", str(sd1["config"]), "--device", "cpu", "-q", "--infotext", str(info)]
     # an A1111 img2img infotext keeps its Denoising strength (not --denoise's default)
     res = CliRunner().invoke(generate_command, base + ["--init-image", str(src), "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     assert "Denoising strength: 0.3," in read_image_metadata(tmp_path / "a" / "00000-5.png").infotext
     # options given on the command line win over the infotext, hires ones included
-    res = CliRunner().invoke(generate_command, base + ["--hires-scale", "1.25", "--hires-denoise", "0.6", "--out", str(tmp_path / "b")])
+    res = CliRunner().invoke(
+        generate_command, base + ["--hires-scale", "1.25", "--hires-denoise", "0.6", "--out", str(tmp_path / "b")]
+    )
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "b" / "00000-5.png") as im:
         assert im.size == (80, 80)

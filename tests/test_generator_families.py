@@ -8,7 +8,7 @@ import torch
 
 from tagloop.generator import tiny
 from tagloop.generator.generate import FAMILY_DEFAULTS, GenerationSettings, Generator, with_family_defaults
-from tagloop.generator.models import cache_clear, packaged_config_dir, resolve_dtype, resolve_model, GeneratorError
+from tagloop.generator.models import GeneratorError, cache_clear, packaged_config_dir, resolve_dtype, resolve_model
 
 FAST = dict(steps=2, width=64, height=64)
 
@@ -79,8 +79,12 @@ def test_img2img_keeps_size_and_records_denoise(models, tmp_path):
     im = g.generate(s)[0]
     assert im.image.size == (72, 80)  # init image size when --size is not given
     assert "Denoising strength: 0.5" in im.infotext
-    weak = g.generate(GenerationSettings(prompt="cat", seed=2, steps=4, init_image=src, denoising_strength=0.25, sampler="Euler"))[0]
-    strong = g.generate(GenerationSettings(prompt="cat", seed=2, steps=4, init_image=src, denoising_strength=1.0, sampler="Euler"))[0]
+    weak = g.generate(
+        GenerationSettings(prompt="cat", seed=2, steps=4, init_image=src, denoising_strength=0.25, sampler="Euler")
+    )[0]
+    strong = g.generate(
+        GenerationSettings(prompt="cat", seed=2, steps=4, init_image=src, denoising_strength=1.0, sampler="Euler")
+    )[0]
     diff = lambda x: np.abs(arr(x.image) - arr(src)).mean()  # noqa: E731
     assert diff(weak) < diff(strong)
 
@@ -88,12 +92,18 @@ def test_img2img_keeps_size_and_records_denoise(models, tmp_path):
 @pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
 def test_hires_fix_second_pass(models, upscaler):
     g = gen(models["sd1"])
-    s = GenerationSettings(prompt="cat", seed=4, hires_scale=1.25, hires_steps=2, hires_denoise=0.5,
-                           hires_upscaler=upscaler, sampler="Euler", **FAST)
+    s = GenerationSettings(
+        prompt="cat", seed=4, hires_scale=1.25, hires_steps=2, hires_denoise=0.5, hires_upscaler=upscaler, sampler="Euler", **FAST
+    )
     im = g.generate(s)[0]
     assert im.image.size == (80, 80)
-    for words in ("Size: 64x64", "Denoising strength: 0.5", "Hires upscale: 1.25", "Hires steps: 2",
-                  f"Hires upscaler: {'Latent' if upscaler == 'latent' else 'Lanczos'}"):
+    for words in (
+        "Size: 64x64",
+        "Denoising strength: 0.5",
+        "Hires upscale: 1.25",
+        "Hires steps: 2",
+        f"Hires upscaler: {'Latent' if upscaler == 'latent' else 'Lanczos'}",
+    ):
         assert words in im.infotext
     assert np.array_equal(arr(im.image), arr(g.generate(s)[0].image))
 
@@ -167,8 +177,17 @@ def _denoiser_calls(g: Generator, s: GenerationSettings) -> int:
 )
 def test_hires_second_pass_runs_a1111_step_count(models, family, steps, hires_steps, denoise, second_pass):
     g = gen(models[family])
-    s = GenerationSettings(prompt="cat", seed=1, steps=steps, width=64, height=64, sampler="Euler",
-                           hires_scale=1.25, hires_steps=hires_steps, hires_denoise=denoise)
+    s = GenerationSettings(
+        prompt="cat",
+        seed=1,
+        steps=steps,
+        width=64,
+        height=64,
+        sampler="Euler",
+        hires_scale=1.25,
+        hires_steps=hires_steps,
+        hires_denoise=denoise,
+    )
     assert _denoiser_calls(g, s) == steps + second_pass
 
 
@@ -179,8 +198,16 @@ def test_img2img_runs_a1111_step_count(models, family, steps, denoise, runs):
 
     # A1111 (img2img_fix_steps off): int(min(denoise, 0.999) * steps) + 1 steps of a `steps` schedule
     g = gen(models[family])
-    s = GenerationSettings(prompt="cat", seed=1, steps=steps, width=64, height=64, sampler="Euler",
-                           init_image=Image.new("RGB", (64, 64), "gray"), denoising_strength=denoise)
+    s = GenerationSettings(
+        prompt="cat",
+        seed=1,
+        steps=steps,
+        width=64,
+        height=64,
+        sampler="Euler",
+        init_image=Image.new("RGB", (64, 64), "gray"),
+        denoising_strength=denoise,
+    )
     assert _denoiser_calls(g, s) == runs
 
 

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from tagloop.cli.generate import generate_command
 from tagloop.errors import GPUUnavailableError, ModelFileError, OutputPathError
 from tagloop.generator import tiny
-from tagloop.cli.generate import generate_command
 from tagloop.generator.generate import GenerationSettings, Generator, SettingsError, settings_from_infotext
 from tagloop.generator.models import cache_clear
 
@@ -92,8 +92,8 @@ def test_output_paths_are_planned_before_any_work_and_written_as_planned(sd1, tm
 def test_an_output_that_would_overwrite_an_input_is_refused_before_any_work(sd1, tmp_path, monkeypatch, option):
     """The namer skips taken names; should an output path ever be an input all the same (here a namer
     made to return the input), the run is refused before any model loads and the input is untouched."""
-    import tagloop.generator.generate as generate
     import tagloop.a1111.infotext as infotext
+    import tagloop.generator.generate as generate
 
     out = tmp_path / "out"
     out.mkdir()

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from tagloop.generator.generate import GenerationSettings, settings_from_infotext
 from tagloop.a1111.samplers import effective_schedule, make_scheduler
+from tagloop.generator.generate import GenerationSettings, settings_from_infotext
 
 SD1_CONFIG = {
-    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1, "timestep_spacing": "leading",
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
 }
 
 
@@ -40,9 +46,12 @@ def test_schedule_type_without_sampler_is_validated_and_applied():
     with pytest.raises(SettingsError, match="KL Optimal"):
         check_settings(GenerationSettings(sampler="Euler", schedule_type="KL Optimal"), "sd1")
     with pytest.raises(SettingsError, match="Align Your Steps"):
-        check_settings(settings_from_infotext(
-            "a\nSteps: 20, Sampler: Euler, Schedule type: Align Your Steps, CFG scale: 7, Seed: 1, Size: 512x512, Version: v1.10.1"
-        ), "sd1")
+        check_settings(
+            settings_from_infotext(
+                "a\nSteps: 20, Sampler: Euler, Schedule type: Align Your Steps, CFG scale: 7, Seed: 1, Size: 512x512, Version: v1.10.1"
+            ),
+            "sd1",
+        )
     # --schedule-type with the family's default sampler (SD1.5: DPM++ 2M) is honoured, not overridden
     s = with_family_defaults(GenerationSettings(schedule_type="Exponential"), "sd1")
     assert effective_schedule(s.sampler, s.schedule_type) == "Exponential"

@@ -34,7 +34,14 @@ def sd3(request, tmp_path_factory):
     tiny.write_config_folder(pipe, root / "config")
     # a misleading name: the family must come from the tensor names
     ckpt = tiny.save_tiny_single_file(pipe, "sd3", root / "sdxl_anime_v2.safetensors")
-    yield {"layout": request.param, "root": root, "pipe": pipe, "diffusers": root / "diffusers", "config": root / "config", "ckpt": ckpt}
+    yield {
+        "layout": request.param,
+        "root": root,
+        "pipe": pipe,
+        "diffusers": root / "diffusers",
+        "config": root / "config",
+        "ckpt": ckpt,
+    }
     cache_clear()
 
 
@@ -59,20 +66,32 @@ def test_file_has_the_published_sd3_key_layout(sd3):
     mm = "model.diffusion_model."
     n = sd3["pipe"].transformer.config.num_layers
     last = f"{mm}joint_blocks.{n - 1}."
-    assert {f"{mm}pos_embed", f"{mm}x_embedder.proj.weight", f"{mm}context_embedder.weight",
-            f"{mm}t_embedder.mlp.0.weight", f"{mm}t_embedder.mlp.2.weight", f"{mm}y_embedder.mlp.0.weight",
-            f"{mm}y_embedder.mlp.2.weight", f"{mm}final_layer.linear.weight",
-            f"{mm}final_layer.adaLN_modulation.1.weight", f"{mm}joint_blocks.0.x_block.attn.qkv.weight",
-            f"{mm}joint_blocks.0.context_block.attn.qkv.weight", f"{mm}joint_blocks.0.x_block.attn.proj.weight",
-            f"{mm}joint_blocks.0.context_block.adaLN_modulation.1.bias",
-            "first_stage_model.encoder.conv_in.weight", "first_stage_model.decoder.mid.attn_1.q.weight",
-            "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight",
-            "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight",
-            "text_encoders.clip_g.transformer.text_projection.weight"} <= keys
+    assert {
+        f"{mm}pos_embed",
+        f"{mm}x_embedder.proj.weight",
+        f"{mm}context_embedder.weight",
+        f"{mm}t_embedder.mlp.0.weight",
+        f"{mm}t_embedder.mlp.2.weight",
+        f"{mm}y_embedder.mlp.0.weight",
+        f"{mm}y_embedder.mlp.2.weight",
+        f"{mm}final_layer.linear.weight",
+        f"{mm}final_layer.adaLN_modulation.1.weight",
+        f"{mm}joint_blocks.0.x_block.attn.qkv.weight",
+        f"{mm}joint_blocks.0.context_block.attn.qkv.weight",
+        f"{mm}joint_blocks.0.x_block.attn.proj.weight",
+        f"{mm}joint_blocks.0.context_block.adaLN_modulation.1.bias",
+        "first_stage_model.encoder.conv_in.weight",
+        "first_stage_model.decoder.mid.attn_1.q.weight",
+        "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight",
+        "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight",
+        "text_encoders.clip_g.transformer.text_projection.weight",
+    } <= keys
     # the last block is pre-only on the context side; SD3 files carry no CLIP-L projection and here no T5
     assert f"{last}context_block.attn.proj.weight" not in keys and f"{last}context_block.mlp.fc1.weight" not in keys
     assert "text_encoders.clip_l.transformer.text_projection.weight" not in keys
-    assert not any(k.startswith(("text_encoders.t5xxl.", "transformer_blocks.", "model.diffusion_model.transformer_blocks")) for k in keys)
+    assert not any(
+        k.startswith(("text_encoders.t5xxl.", "transformer_blocks.", "model.diffusion_model.transformer_blocks")) for k in keys
+    )
     assert not any(".to_q." in k or ".to_k." in k or ".add_q_proj." in k for k in keys)
     dim = sd3["pipe"].transformer.config.num_attention_heads * sd3["pipe"].transformer.config.attention_head_dim
     shapes = checkpoint_tensors(sd3["ckpt"])

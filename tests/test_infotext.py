@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
 from tagloop.a1111 import hashes
-from tagloop.cli.info import info_command
 from tagloop.a1111.infotext import (
     ImageMetadata,
     build_infotext,
@@ -25,6 +24,7 @@ from tagloop.a1111.infotext import (
     save_image,
     save_png,
 )
+from tagloop.cli.info import info_command
 
 SEED_LINE = (
     "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 2607380765, Size: 512x512, "
@@ -129,7 +129,7 @@ def test_build_orders_keys_as_a1111() -> None:
     text = build_infotext("a", "", params)
     assert text == (
         "a\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 512x768, "
-        'Model hash: 7f96a1a9ca, Model: anything-v5, Denoising strength: 0.5, Clip skip: 2, '
+        "Model hash: 7f96a1a9ca, Model: anything-v5, Denoising strength: 0.5, Clip skip: 2, "
         'Lora hashes: "ace: 0123456789ab", Hires upscale: 1.5, Version: v1.10.1'
     )
 
@@ -138,8 +138,16 @@ def test_quoting_clip_skip_and_key_only_values() -> None:
     text = build_infotext(
         "p",
         "n",
-        {"Steps": 20, "Sampler": "Euler", "Seed": 1, "Clip skip": 1, "Note": 'say "hi", then: go\nnow', "Tiling": "Tiling",
-         "Hires upscaler": "R-ESRGAN 4x+ Anime6B", "Emoji": "日本語"},
+        {
+            "Steps": 20,
+            "Sampler": "Euler",
+            "Seed": 1,
+            "Clip skip": 1,
+            "Note": 'say "hi", then: go\nnow',
+            "Tiling": "Tiling",
+            "Hires upscaler": "R-ESRGAN 4x+ Anime6B",
+            "Emoji": "日本語",
+        },
     )
     line = text.split("\n")[-1]
     assert "Clip skip" not in line
@@ -166,7 +174,7 @@ def test_multiline_prompts_and_negative() -> None:
 
 
 def _random_infotext(rng: random.Random) -> tuple[str, str, dict]:
-    words = ["1girl", "smile", "(red eyes:1.2)", "[blurry]", "日本", "a, b", "x: y", "q\"uote", "back\\slash"]
+    words = ["1girl", "smile", "(red eyes:1.2)", "[blurry]", "日本", "a, b", "x: y", 'q"uote', "back\\slash"]
     prompt = ", ".join(rng.sample(words, 4))
     negative = rng.choice(["", "lowres, bad hands", "worst quality\nlow quality"])
     params = {
@@ -176,7 +184,7 @@ def _random_infotext(rng: random.Random) -> tuple[str, str, dict]:
         "CFG scale": rng.choice([7, 6.5, 11]),
         "Seed": rng.randint(0, 2**32 - 1),
         "Size": f"{rng.choice([512, 768])}x{rng.choice([512, 1024])}",
-        "Model hash": "%010x" % rng.getrandbits(40),
+        "Model hash": f"{rng.getrandbits(40):010x}",
         "Model": rng.choice(["anything-v5", "model, with comma", "m:colon"]),
         "Clip skip": rng.choice([1, 2]),
         "Lora hashes": rng.choice([None, "a: 0123456789ab, b: ba9876543210"]),
@@ -221,8 +229,16 @@ def _png_chunks(path: Path) -> list[tuple[bytes, bytes]]:
 
 
 def test_round_trip_latin1_uses_text_chunk(tmp_path: Path) -> None:
-    params = {"Steps": 20, "Sampler": "Euler a", "CFG scale": 7, "Seed": 2607380765, "Size": "64x64",
-              "Model hash": "b6928134bb", "Model": "25D_mixProV3_v3", "Clip skip": 2}
+    params = {
+        "Steps": 20,
+        "Sampler": "Euler a",
+        "CFG scale": 7,
+        "Seed": 2607380765,
+        "Size": "64x64",
+        "Model hash": "b6928134bb",
+        "Model": "25D_mixProV3_v3",
+        "Clip skip": 2,
+    }
     text = build_infotext("masterpiece, 1girl, (smile:1.2), café", "lowres", params)
     path = save_png(Image.new("RGB", (64, 64), "white"), tmp_path / "00000-2607380765.png", text)
     kinds = [kind for kind, body in _png_chunks(path) if body.startswith(b"parameters\0")]
@@ -306,7 +322,12 @@ def test_image_without_metadata(tmp_path: Path) -> None:
     meta = read_image_metadata(path)
     assert meta == ImageMetadata()
     assert json.loads(meta.to_json()) == {
-        "infotext": None, "parameters": {}, "defaults": {}, "comfyui_prompt": None, "comfyui_workflow": None, "items": {}
+        "infotext": None,
+        "parameters": {},
+        "defaults": {},
+        "comfyui_prompt": None,
+        "comfyui_workflow": None,
+        "items": {},
     }
 
 

@@ -16,8 +16,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tagloop.cli import main
-from tagloop.testing import save_tiny_deepdanbooru
-from tagloop.tagger.onnx_tagger import save_tiny_wd14_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,8 +200,13 @@ def test_unreachable_hub_fails_fast_with_one_sentence(tmp_path):
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{_closed_port()}"
     env["HF_HOME"] = str(tmp_path / "hf")
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "tagloop", "tag", str(a), "--model", "someone/some-tagger", "--device", "cpu"],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tagloop", "tag", str(a), "--model", "someone/some-tagger", "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - t0
     assert r.returncode == 2
     assert "cannot be reached" in r.stderr and "Retrying" not in r.stderr and "Traceback" not in r.stderr
@@ -247,8 +250,13 @@ def test_summary_line_and_no_bar_when_stderr_is_not_a_terminal(tmp_path, tiny_dd
     for i in range(3):
         picture(folder / f"{i}.png", i)
     (folder / "bad.png").write_bytes(b"not a png")
-    r = subprocess.run([sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(tiny_dd_path), "--device", "cpu"],
-                       env=_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(tiny_dd_path), "--device", "cpu"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("tagloop: 3 tagged")]
     assert lines and "0 skipped" in lines[0] and "1 failed" in lines[0] and " s" in lines[0]
@@ -261,8 +269,25 @@ def test_ctrl_c_exits_130_and_keeps_what_was_complete(tmp_path, tiny_wd):
     for i in range(1500):
         picture(folder / f"{i:05d}.png", i, size=(32, 32))
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "tagloop", "tag", str(folder), "--model", str(tiny_wd), "--device", "cpu",
-           "--format", "jsonl", "-o", str(out), "--batch-size", "1", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tagloop",
+        "tag",
+        str(folder),
+        "--model",
+        str(tiny_wd),
+        "--device",
+        "cpu",
+        "--format",
+        "jsonl",
+        "-o",
+        str(out),
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:

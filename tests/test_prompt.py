@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_prompt_tokens import write_tiny_clip
 
 from tagloop.filters import FilterFileError
 from tagloop.prompt import (
@@ -19,8 +20,6 @@ from tagloop.prompt import (
 from tagloop.tagger.result import TagResult, TagScore
 from tagloop.tagtext import canonical, split_tags, unescape
 
-from test_prompt_tokens import write_tiny_clip
-
 SEED_QUALITY = "masterpiece, best quality, official art, extremely detailed CG"
 SEED_NEGATIVE = "low quality, worst quality, blurry, cropped, text, watermark, signature"
 
@@ -33,8 +32,17 @@ def R(*tags, rating=None) -> TagResult:
     return TagResult("img.png", out, rating=rating or {})
 
 
-SEED_TAGS = R(("1girl", 0.99), ("solo", 0.97), ("blue_hair", 0.9), ("long_hair", 0.88), ("school_uniform", 0.8),
-              ("smile", 0.7), ("hair_ribbon", 0.6), ("classroom", 0.5), rating={"safe": 0.93})
+SEED_TAGS = R(
+    ("1girl", 0.99),
+    ("solo", 0.97),
+    ("blue_hair", 0.9),
+    ("long_hair", 0.88),
+    ("school_uniform", 0.8),
+    ("smile", 0.7),
+    ("hair_ribbon", 0.6),
+    ("classroom", 0.5),
+    rating={"safe": 0.93},
+)
 
 
 def test_default_is_seed_001():
@@ -49,11 +57,15 @@ def test_default_is_seed_001():
 def test_negative_presets_are_the_seed_templates():
     presets = negative_presets()
     assert presets["seed"] == SEED_NEGATIVE
-    assert presets["general"].startswith("lowres, bad anatomy, bad hands, text, error") and presets["general"].endswith("username, blurry")
+    assert presets["general"].startswith("lowres, bad anatomy, bad hands, text, error") and presets["general"].endswith(
+        "username, blurry"
+    )
     assert len(split_tags(presets["anime"])) == 25 and presets["anime"].startswith("nsfw, ")
     assert presets["portrait"].endswith("jpeg artifacts, watermark, text")
-    assert presets["landscape"] == ("blurry, lowres, overexposed, underexposed, low contrast, watermark, signature, text, "
-                                    "distorted, jpeg artifacts, noise, bad composition")
+    assert presets["landscape"] == (
+        "blurry, lowres, overexposed, underexposed, low contrast, watermark, signature, text, "
+        "distorted, jpeg artifacts, noise, bad composition"
+    )
     for name in ("general", "anime", "portrait", "landscape"):
         assert compose_prompt(SEED_TAGS, PromptSettings(negative_preset=name)).negative == presets[name]
     c = compose_prompt(SEED_TAGS, PromptSettings(negative_preset="none"))
@@ -79,11 +91,15 @@ def test_kaomoji_keep_their_underscore():
 
 
 def test_quality_triggers_and_lora_order():
-    s = PromptSettings(trigger_words=("ace_step style",), loras=("detail_tweaker:0.6", LoraSpec("mystyle", 0.8, ("mystyle",))),
-                       quality_tags=("masterpiece", "best quality"))
+    s = PromptSettings(
+        trigger_words=("ace_step style",),
+        loras=("detail_tweaker:0.6", LoraSpec("mystyle", 0.8, ("mystyle",))),
+        quality_tags=("masterpiece", "best quality"),
+    )
     c = compose_prompt(R(("1girl", 0.9), ("smile", 0.8)), s)
-    assert c.positive == ("ace_step style, masterpiece, best quality, mystyle, 1girl, smile, "
-                          "<lora:detail_tweaker:0.6>, <lora:mystyle:0.8>")
+    assert c.positive == (
+        "ace_step style, masterpiece, best quality, mystyle, 1girl, smile, <lora:detail_tweaker:0.6>, <lora:mystyle:0.8>"
+    )
     assert [p.kind for p in c.parts] == ["trigger", "quality", "quality", "lora_trigger", "tag", "tag", "lora", "lora"]
     assert LoraSpec.parse("x:1=a, b") == LoraSpec("x", 1.0, ("a", "b"))
     with pytest.raises(ValueError, match="not a number"):
@@ -104,8 +120,9 @@ def test_emphasis_modes_and_explicit_weights():
     assert [p.weight for p in conf.parts] == [1.2, None, 0.94]
     score = compose_prompt(tags, PromptSettings(preset="plain", emphasis="score"))
     assert score.positive == "1girl, (smile:0.5), (blush:0.35)"
-    weights = compose_prompt(tags, PromptSettings(weights=("masterpiece=1.3", ("blush", 1.1)), quality_tags=("masterpiece",),
-                                                  negative_preset="none"))
+    weights = compose_prompt(
+        tags, PromptSettings(weights=("masterpiece=1.3", ("blush", 1.1)), quality_tags=("masterpiece",), negative_preset="none")
+    )
     assert weights.positive == "(masterpiece:1.3), 1girl, smile, (blush:1.1)"
     esc = compose_prompt(R(("hair_ribbon_(blue)", 1.0)), PromptSettings(preset="plain", emphasis="confidence"))
     assert esc.positive == "(hair ribbon \\(blue\\):1.2)"
@@ -113,7 +130,9 @@ def test_emphasis_modes_and_explicit_weights():
 
 
 def test_style_moves_tags_to_the_negative_prompt():
-    c = compose_prompt(R(("1girl", 0.9), ("realistic", 0.6), ("chibi", 0.5), ("photo_(medium)", 0.4)), PromptSettings(style="anime"))
+    c = compose_prompt(
+        R(("1girl", 0.9), ("realistic", 0.6), ("chibi", 0.5), ("photo_(medium)", 0.4)), PromptSettings(style="anime")
+    )
     assert c.positive == SEED_QUALITY + ", 1girl"
     assert c.negative == SEED_NEGATIVE + ", realistic, photo \\(medium\\)"
     assert [(p.source, p.tag) for p in c.negative_parts[-2:]] == [("style", "realistic"), ("style", "photo_(medium)")]
@@ -122,8 +141,13 @@ def test_style_moves_tags_to_the_negative_prompt():
 def test_family_presets():
     presets = builtin_presets()
     assert {"default", "plain", "sd15-anime", "sdxl-anime", "sd3-natural"} <= set(presets)
-    tags = R(("1girl", 0.99), ("hatsune_miku", 0.9, "character"), ("vocaloid", 0.8, "copyright"), ("chibi", 0.5),
-             ("hair_ornament_(x)", 0.4))
+    tags = R(
+        ("1girl", 0.99),
+        ("hatsune_miku", 0.9, "character"),
+        ("vocaloid", 0.8, "copyright"),
+        ("chibi", 0.5),
+        ("hair_ornament_(x)", 0.4),
+    )
     sd15 = compose_prompt(tags, PromptSettings(preset="sd15-anime", tokenizer="estimate"))
     assert sd15.positive == "masterpiece, best quality, highres, hatsune miku, 1girl, vocaloid, hair ornament \\(x\\)"
     assert sd15.style == "anime" and sd15.budget == 75 and sd15.negative.startswith("nsfw, lowres")
@@ -133,7 +157,9 @@ def test_family_presets():
     assert sd3.positive == "an anime illustration, high quality, detailed, hatsune miku, one girl, vocaloid, hair ornament (x)"
     assert any(r.action == "replaced" and r.tag == "1girl" for r in sd3.removals)
     # explicit settings win over the preset
-    mine = compose_prompt(tags, PromptSettings(preset="sd15-anime", style="none", quality_tags=(), budget=0, negative_preset="none"))
+    mine = compose_prompt(
+        tags, PromptSettings(preset="sd15-anime", style="none", quality_tags=(), budget=0, negative_preset="none")
+    )
     assert mine.positive == "hatsune miku, 1girl, vocaloid, chibi, hair ornament \\(x\\)" and mine.budget is None
 
 
@@ -160,7 +186,9 @@ def test_keep_rating_puts_the_top_rating_in_the_prompt():
     c = compose_prompt(SEED_TAGS, PromptSettings(preset="plain", keep_rating=True, max_tags=2))
     assert c.positive == "1girl, solo"  # the rating (0.93) was kept, then cut by max_tags like any tag
     assert "rating:safe" in [r.tag for r in c.removals if r.filter == "max_tags"]
-    c = compose_prompt(R(("1girl", 0.5), rating={"general": 0.9, "explicit": 0.1}), PromptSettings(preset="plain", keep_rating=True))
+    c = compose_prompt(
+        R(("1girl", 0.5), rating={"general": 0.9, "explicit": 0.1}), PromptSettings(preset="plain", keep_rating=True)
+    )
     assert c.positive == "rating:general, 1girl"
     c = compose_prompt(R(("1girl", 0.5), ("rating:safe", 0.9, "rating")), PromptSettings(preset="plain"))
     assert c.positive == "1girl" and c.rating == {"safe": 0.9}
@@ -177,8 +205,9 @@ def tiny_tok(tmp_path):
 def test_budget_drops_lowest_scores_first_never_quality_or_triggers(tiny_tok):
     # tiny vocab: "hair", "long", "blue" are 1 token each; every other letter is one token
     tags = R(("blue", 0.9), ("long_hair", 0.3), ("hair", 0.8), ("long", 0.1), ("ab", 0.5))
-    s = PromptSettings(quality_tags=("long hair",), trigger_words=("blue long",), tokenizer=str(tiny_tok), overlap=False,
-                       negative_preset="none")
+    s = PromptSettings(
+        quality_tags=("long hair",), trigger_words=("blue long",), tokenizer=str(tiny_tok), overlap=False, negative_preset="none"
+    )
     full = compose_prompt(tags, s)
     # long_hair is already a quality tag; "ab" is 2 letter tokens; each ", " is one comma token
     assert full.positive == "blue long, long hair, blue, hair, ab, long"
@@ -208,17 +237,33 @@ def test_budget_keeps_pinned_tags_and_uses_estimate_without_tokenizer():
 def test_json_record_lists_every_removal_with_reason(tmp_path, tiny_tok):
     filt = tmp_path / "filter.txt"
     filt.write_text("comic\n", encoding="utf-8")
-    tags = R(("1girl", 0.99), ("comic", 0.9), ("rating:safe", 0.9, "rating"), ("long_hair", 0.8), ("very_long_hair", 0.7),
-             ("chibi", 0.6), ("realistic", 0.5), ("official_art", 0.4), ("smile", 0.3), ("Smile", 0.2), ("blush", 0.1))
+    tags = R(
+        ("1girl", 0.99),
+        ("comic", 0.9),
+        ("rating:safe", 0.9, "rating"),
+        ("long_hair", 0.8),
+        ("very_long_hair", 0.7),
+        ("chibi", 0.6),
+        ("realistic", 0.5),
+        ("official_art", 0.4),
+        ("smile", 0.3),
+        ("Smile", 0.2),
+        ("blush", 0.1),
+    )
     s = PromptSettings(filter_files=(filt,), style="anime", tokenizer=str(tiny_tok))
     full = compose_prompt(tags, s).tokens.tokens
     c = compose_prompt(tags, PromptSettings(**{**s.__dict__, "budget": full - 1}))  # ", blush" = , blu s h</w> = 4 tokens
     data = json.loads(c.to_json_str())
     got = {(r["tag"], r["filter"], r["action"]) for r in data["removals"]}
     assert got == {
-        ("comic", "blocklist", "removed"), ("rating:safe", "rating", "removed"), ("long_hair", "overlap", "removed"),
-        ("chibi", "style", "removed"), ("realistic", "style", "moved_to_negative"), ("official_art", "compose", "removed"),
-        ("Smile", "dedupe", "removed"), ("blush", "budget", "removed"),
+        ("comic", "blocklist", "removed"),
+        ("rating:safe", "rating", "removed"),
+        ("long_hair", "overlap", "removed"),
+        ("chibi", "style", "removed"),
+        ("realistic", "style", "moved_to_negative"),
+        ("official_art", "compose", "removed"),
+        ("Smile", "dedupe", "removed"),
+        ("blush", "budget", "removed"),
     }
     assert all(r["reason"] for r in data["removals"])
     assert data["dropped_for_budget"] == ["blush"]

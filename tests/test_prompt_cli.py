@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from test_prompt_tokens import write_tiny_clip
 
 from tagloop.cli.prompt import prompt_command
 from tagloop.tagger.result import TagResult, TagScore
-
-from test_prompt_tokens import write_tiny_clip
 
 SEED_QUALITY = "masterpiece, best quality, official art, extremely detailed CG"
 SEED_NEGATIVE = "low quality, worst quality, blurry, cropped, text, watermark, signature"
@@ -19,25 +18,49 @@ def run(*args, input=None):
     return CliRunner().invoke(prompt_command, list(args), input=input, catch_exceptions=False)
 
 
-def result(path="a.png", tags=(("1girl", 0.99), ("long_hair", 0.8), ("very_long_hair", 0.7), ("hair_ribbon_(blue)", 0.6),
-                               ("comic", 0.5)), rating=None, error=None):
+def result(
+    path="a.png",
+    tags=(("1girl", 0.99), ("long_hair", 0.8), ("very_long_hair", 0.7), ("hair_ribbon_(blue)", 0.6), ("comic", 0.5)),
+    rating=None,
+    error=None,
+):
     return TagResult(path, [TagScore(n, s) for n, s in tags], rating=rating or {"general": 0.9}, error=error).to_json()
 
 
 def test_tags_to_text():
     r = run("--tags", "1girl, solo, long_hair, very long hair, hair_ribbon_(blue), rating:safe")
     assert r.exit_code == 0, r.output
-    assert r.stdout == (f"{SEED_QUALITY}, 1girl, solo, very long hair, hair ribbon \\(blue\\)\n"
-                        f"Negative prompt: {SEED_NEGATIVE}\n")
+    assert r.stdout == (
+        f"{SEED_QUALITY}, 1girl, solo, very long hair, hair ribbon \\(blue\\)\nNegative prompt: {SEED_NEGATIVE}\n"
+    )
 
 
 def test_tags_with_all_the_options(tmp_path):
     filt = tmp_path / "filter.txt"
     filt.write_text("# mine\n*_background\n!simple background\n", encoding="utf-8")
-    r = run("--tags", "smile, white_background, simple_background, solo, 1girl, chibi, realistic, long hair",
-            "--filters", str(filt), "--style", "anime", "--preset", "plain", "--negative-preset", "landscape",
-            "--always-first", "1girl, solo", "--replace", "smile=grin", "--no-overlap", "--trigger", "ace_step style",
-            "--lora", "ace:0.8", "--weight", "grin=1.2")
+    r = run(
+        "--tags",
+        "smile, white_background, simple_background, solo, 1girl, chibi, realistic, long hair",
+        "--filters",
+        str(filt),
+        "--style",
+        "anime",
+        "--preset",
+        "plain",
+        "--negative-preset",
+        "landscape",
+        "--always-first",
+        "1girl, solo",
+        "--replace",
+        "smile=grin",
+        "--no-overlap",
+        "--trigger",
+        "ace_step style",
+        "--lora",
+        "ace:0.8",
+        "--weight",
+        "grin=1.2",
+    )
     assert r.exit_code == 0, r.output
     pos, neg = r.stdout.rstrip("\n").split("\n")
     assert pos == "ace_step style, 1girl, solo, (grin:1.2), simple background, long hair, <lora:ace:0.8>"
@@ -73,13 +96,29 @@ def test_from_json_object_list_and_jsonl(tmp_path):
 
 def test_tokenizer_and_budget_in_json(tmp_path):
     tok = write_tiny_clip(tmp_path / "model" / "tokenizer")
-    r = run("--tags", "(hair:0.9), (long:0.2), (blue:0.5)", "--preset", "plain", "--tokenizer", str(tok.parent),
-            "--budget", "3", "--format", "json")
+    r = run(
+        "--tags",
+        "(hair:0.9), (long:0.2), (blue:0.5)",
+        "--preset",
+        "plain",
+        "--tokenizer",
+        str(tok.parent),
+        "--budget",
+        "3",
+        "--format",
+        "json",
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["positive"] == "hair, blue" and data["dropped_for_budget"] == ["long"]
-    assert data["tokens"]["positive"] == {"tokens": 3, "chunks": 1, "a1111_count": 3, "limit": 75,
-                                          "counter": "clip:tokenizer", "exact": True}
+    assert data["tokens"]["positive"] == {
+        "tokens": 3,
+        "chunks": 1,
+        "a1111_count": 3,
+        "limit": 75,
+        "counter": "clip:tokenizer",
+        "exact": True,
+    }
 
 
 def test_bad_filter_file_exits_2_with_line(tmp_path):
@@ -109,8 +148,9 @@ def test_usage_errors_exit_2(tmp_path):
 
 def test_failed_results_exit_1(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps(result("ok.png")) + "\n" + json.dumps(result("bad.png", error="cannot decode")) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(result("ok.png")) + "\n" + json.dumps(result("bad.png", error="cannot decode")) + "\n", encoding="utf-8"
+    )
     r = run("--from-json", str(path), "--format", "json")
     assert r.exit_code == 1
     assert "bad.png: cannot decode" in r.stderr

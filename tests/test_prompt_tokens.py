@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tagloop.generator.encode import pack_chunks
 from tagloop.a1111.clip_bpe import clip_vocab
+from tagloop.generator.encode import pack_chunks
 from tagloop.prompt.tokens import (
     ClipTokenCounter,
     EstimateTokenCounter,
@@ -111,9 +111,20 @@ def test_chunking_moves_the_tag_after_the_last_comma():
         ("hair ribbon \\(blue\\)", [("hair ribbon (blue)", 1.0)]),
         ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
         ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
-        ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
-         [("a ", 1.0), ("house", 1.573), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55), (", sun, ", 1.1),
-          ("sky", 1.4641), (".", 1.1)]),
+        (
+            "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+            [
+                ("a ", 1.0),
+                ("house", 1.573),
+                (" ", 1.1),
+                ("on", 1.0),
+                (" a ", 1.1),
+                ("hill", 0.55),
+                (", sun, ", 1.1),
+                ("sky", 1.4641),
+                (".", 1.1),
+            ],
+        ),
         # A1111 multiplies every entry inside brackets, BREAK's -1 too, so a bracketed BREAK is text
         ("(a BREAK b)", [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]),
     ],
@@ -140,7 +151,7 @@ def test_open_clip_vocab_path_builds_the_clip_tokenizer(tmp_path, monkeypatch):
     """A BPE merges file like open_clip's bpe_simple_vocab_16e6.txt.gz gives an exact tokenizer."""
     bpe = tmp_path / "bpe.txt.gz"
     with gzip.open(bpe, "wt", encoding="utf-8") as f:
-        f.write("\"bpe_simple_vocab_16e6.txt#version: 0.2\n" + "\n".join(MERGES) + "\n")
+        f.write('"bpe_simple_vocab_16e6.txt#version: 0.2\n' + "\n".join(MERGES) + "\n")
     tok = clip_tokenizer_from_bpe(bpe)
     vocab = tok.get_vocab()
     assert len(vocab) == 512 + len(MERGES) + 2

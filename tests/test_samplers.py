@@ -251,8 +251,22 @@ def test_lms_without_scipy_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_lists() -> None:
     names = list_samplers()
-    for required in ("Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-                     "DPM++ 2M SDE", "DDIM", "UniPC", "PLMS", "LCM"):
+    for required in (
+        "Euler a",
+        "Euler",
+        "LMS",
+        "Heun",
+        "DPM2",
+        "DPM2 a",
+        "DPM++ 2S a",
+        "DPM++ 2M",
+        "DPM++ SDE",
+        "DPM++ 2M SDE",
+        "DDIM",
+        "UniPC",
+        "PLMS",
+        "LCM",
+    ):
         assert required in names
     assert names[0] == "Euler a"
     for label in ("Automatic", "Uniform", "Karras", "Exponential", "Beta", "SGM Uniform", "Simple"):

@@ -1,6 +1,5 @@
 """`tagloop tag` end to end with tiny real models: JSON contract, sidecars, bad files, exit codes, hub."""
 
-import io
 import json
 import os
 import subprocess
@@ -8,13 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
+from hubserver import HubServer, files_from_folder
 from PIL import Image
 
-from hubserver import HubServer, files_from_folder
 from tagloop.cli import main
-from tagloop.testing import save_tiny_deepdanbooru
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,8 +107,8 @@ def test_sidecar_utf8_and_skip_existing(tmp_path, tiny_dd):
 
 
 def test_wrong_model_files_exit_2(tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     ckpt = tmp_path / "sd15.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(ckpt))
@@ -254,8 +251,25 @@ def test_model_error_mid_run_leaves_no_output(tmp_path, tiny_dd, monkeypatch):
 
     monkeypatch.setattr(DeepDanbooruTagger, "predict", predict)
     out = tmp_path / "out" / "tags.jsonl"
-    r = run("tag", *paths, "--model", model, "--format", "jsonl", "-q", "-b", "2", "-o", out, "--device", "cpu",
-            "--dtype", "fp32", "--input-size", "128")
+    r = run(
+        "tag",
+        *paths,
+        "--model",
+        model,
+        "--format",
+        "jsonl",
+        "-q",
+        "-b",
+        "2",
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--input-size",
+        "128",
+    )
     assert r.exit_code == 2 and "the model broke" in r.output
     assert not out.exists() and not list(out.parent.glob("*"))
 

@@ -1,7 +1,6 @@
 """The shared tag-text policy and tagloop.toml handling."""
 
 import click
-import pytest
 from click.testing import CliRunner
 
 from tagloop.cli import main
@@ -43,7 +42,7 @@ def test_config_unknown_and_bad_keys_are_named(tmp_path):
     p = _config(tmp_path, '[tag]\nbatch_size = "many"\n')
     r = runner.invoke(main, ["--config", str(p), "tag", "--help"])
     assert r.exit_code == 2 and "batch_size" in r.output
-    p = _config(tmp_path, '[tag]\nthreshold = 3\n')
+    p = _config(tmp_path, "[tag]\nthreshold = 3\n")
     r = runner.invoke(main, ["--config", str(p), "tag", "x.png"])
     assert r.exit_code == 2 and "threshold" in r.output
     r = runner.invoke(main, ["--config", str(tmp_path / "none.toml"), "tag", "--help"])

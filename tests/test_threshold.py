@@ -15,13 +15,13 @@ def stripes(steps: int) -> np.ndarray:
     period = W // (steps + 1)
     for k in range(steps + 1):
         if k % 2:
-            arr[:, k * period:(k + 1) * period] = 255
+            arr[:, k * period : (k + 1) * period] = 255
     return arr
 
 
 def edge_columns_per_step() -> int:
     arr = np.zeros((H, W), dtype=np.uint8)
-    arr[:, W // 2:] = 255
+    arr[:, W // 2 :] = 255
     d = edge_density(arr)
     k = round(d * W)
     assert d == pytest.approx(k * H / (H * W))

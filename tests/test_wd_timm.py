@@ -152,7 +152,8 @@ def test_missing_architecture_is_not_detected_and_not_loaded(timm_folder, tmp_pa
 
 def test_mismatched_state_dict_names_keys(timm_folder, tmp_path):
     folder = _edit_config(
-        timm_folder, tmp_path / "deeper",
+        timm_folder,
+        tmp_path / "deeper",
         model_args={**json.loads((timm_folder / "config.json").read_text())["model_args"], "depth": 2},
     )
     with pytest.raises(ModelFileError, match=r"missing \d+ keys \(blocks\.1\."):

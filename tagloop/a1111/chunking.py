@@ -7,7 +7,7 @@ and the exact token counts of the prompt composer's budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .prompt_parser import is_break, parse_prompt_attention
 
@@ -141,9 +141,7 @@ def tokenize_prompt(
     )
 
 
-def tokenize_chunks(
-    tokenizer: Any, text: str, *, comma_backtrack: int = 20, emphasis: str = "Original"
-) -> list[PromptChunk]:
+def tokenize_chunks(tokenizer: Any, text: str, *, comma_backtrack: int = 20, emphasis: str = "Original") -> list[PromptChunk]:
     """Cut ``text`` into A1111 75-token chunks with per-token weights.
 
     An empty prompt gives one chunk of padding. ``comma_backtrack`` is A1111's

@@ -90,9 +90,28 @@ NEGATIVE_PREFIX = "Negative prompt:"
 
 #: PIL ``info`` keys that are image properties, not text metadata (A1111 drops the same ones).
 _NOT_TEXT = {
-    "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background",
-    "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity",
-    "photoshop", "transparency", "gamma", "srgb", "aspect", "xmp", "adobe", "adobe_transform",
+    "jfif",
+    "jfif_version",
+    "jfif_unit",
+    "jfif_density",
+    "dpi",
+    "exif",
+    "loop",
+    "background",
+    "timestamp",
+    "duration",
+    "progressive",
+    "progression",
+    "icc_profile",
+    "chromaticity",
+    "photoshop",
+    "transparency",
+    "gamma",
+    "srgb",
+    "aspect",
+    "xmp",
+    "adobe",
+    "adobe_transform",
 }
 
 
@@ -150,9 +169,7 @@ def build_infotext(prompt: str, negative_prompt: str, params: Mapping[str, objec
     >>> build_infotext("1girl", "lowres", {"Seed": 1, "Steps": 20, "Sampler": "Euler a", "Size": "512x512"})
     '1girl\\nNegative prompt: lowres\\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 512x512'
     """
-    pairs = [
-        key if key == value else f"{key}: {quote(value)}" for key, value in order_parameters(params).items()
-    ]
+    pairs = [key if key == value else f"{key}: {quote(value)}" for key, value in order_parameters(params).items()]
     negative = f"\n{NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative}\n{', '.join(pairs)}".strip()
 
@@ -299,7 +316,7 @@ def _json_object(text: str | None) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _open_image(source: "str | Path | bytes | Image.Image") -> "Image.Image":
+def _open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     from PIL import Image
 
     if isinstance(source, Image.Image):
@@ -309,7 +326,7 @@ def _open_image(source: "str | Path | bytes | Image.Image") -> "Image.Image":
     return Image.open(Path(source))
 
 
-def read_image_metadata(source: "str | Path | bytes | Image.Image") -> ImageMetadata:
+def read_image_metadata(source: str | Path | bytes | Image.Image) -> ImageMetadata:
     """Read the A1111 infotext and ComfyUI graphs of an image (PNG, JPEG, WebP, GIF, ...).
 
     Raises:
@@ -324,7 +341,7 @@ def read_image_metadata(source: "str | Path | bytes | Image.Image") -> ImageMeta
             image.close()
 
 
-def _read_metadata(image: "Image.Image") -> ImageMetadata:
+def _read_metadata(image: Image.Image) -> ImageMetadata:
     info = dict(getattr(image, "info", {}) or {})
     text_chunks = getattr(image, "text", None)  # PNG: all tEXt/zTXt/iTXt chunks, loading if needed
     if isinstance(text_chunks, dict):
@@ -355,12 +372,16 @@ def _read_metadata(image: "Image.Image") -> ImageMetadata:
             items[key] = value
     parsed = parse_infotext(infotext) if infotext else InfotextParameters()
     return ImageMetadata(
-        infotext=infotext, parameters=parsed.stated(), defaults=parsed.defaults(), comfyui_prompt=comfy_prompt,
-        comfyui_workflow=comfy_workflow, items=items,
+        infotext=infotext,
+        parameters=parsed.stated(),
+        defaults=parsed.defaults(),
+        comfyui_prompt=comfy_prompt,
+        comfyui_workflow=comfy_workflow,
+        items=items,
     )
 
 
-def _exif_user_comment(image: "Image.Image") -> str | None:
+def _exif_user_comment(image: Image.Image) -> str | None:
     try:
         exif = image.getexif()
     except Exception:  # a broken EXIF block is no metadata, not a failure
@@ -384,14 +405,14 @@ def encode_user_comment(text: str) -> bytes:
     return b"UNICODE\0" + text.encode("utf-16-be")
 
 
-def _encoded(image: "Image.Image", **save_args: Any) -> bytes:
+def _encoded(image: Image.Image, **save_args: Any) -> bytes:
     """The bytes ``image.save`` writes (the whole file is built in memory, then written atomically)."""
     buffer = io.BytesIO()
     image.save(buffer, **save_args)
     return buffer.getvalue()
 
 
-def save_png(image: "Image.Image", path: Path, infotext: str | None) -> Path:
+def save_png(image: Image.Image, path: Path, infotext: str | None) -> Path:
     """Write ``image`` as a PNG with the A1111 ``parameters`` chunk, atomically.
 
     The chunk is tEXt when the text is Latin-1 encodable, else iTXt (PIL ``PngInfo.add_text``,
@@ -405,7 +426,7 @@ def save_png(image: "Image.Image", path: Path, infotext: str | None) -> Path:
     return atomic_write_bytes(path, _encoded(image, format="PNG", pnginfo=pnginfo))
 
 
-def save_image(image: "Image.Image", path: Path, infotext: str | None, *, quality: int = 95) -> Path:
+def save_image(image: Image.Image, path: Path, infotext: str | None, *, quality: int = 95) -> Path:
     """Write PNG (``parameters`` chunk) or JPEG/WebP (EXIF UserComment), by suffix, atomically."""
     from PIL import Image
 

@@ -45,9 +45,7 @@ SCHEDULE_TYPES: dict[str, ScheduleType] = {
         ScheduleType("Automatic", "automatic"),
         ScheduleType("Uniform", "uniform", flags={"timestep_spacing": "linspace"}),
         ScheduleType("Karras", "karras", flags={"timestep_spacing": "linspace", "use_karras_sigmas": True}),
-        ScheduleType(
-            "Exponential", "exponential", flags={"timestep_spacing": "linspace", "use_exponential_sigmas": True}
-        ),
+        ScheduleType("Exponential", "exponential", flags={"timestep_spacing": "linspace", "use_exponential_sigmas": True}),
         ScheduleType("SGM Uniform", "sgm_uniform", ("SGMUniform",), flags={"timestep_spacing": "trailing"}),
         ScheduleType("Simple", "simple", flags={"timestep_spacing": "trailing"}),
         ScheduleType("Normal", "normal", flags={"timestep_spacing": "linspace"}),
@@ -92,69 +90,104 @@ SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in (
         SamplerSpec(
-            "Euler a", "EulerAncestralDiscreteScheduler",
+            "Euler a",
+            "EulerAncestralDiscreteScheduler",
             aliases=("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral", "eulera"),
         ),
         SamplerSpec(
-            "Euler", "EulerDiscreteScheduler", aliases=("k_euler", "euler"),
+            "Euler",
+            "EulerDiscreteScheduler",
+            aliases=("k_euler", "euler"),
             flow_class="FlowMatchEulerDiscreteScheduler",
         ),
         SamplerSpec("LMS", "LMSDiscreteScheduler", aliases=("k_lms", "lms")),
         SamplerSpec(
-            "Heun", "HeunDiscreteScheduler", aliases=("k_heun", "heun"),
+            "Heun",
+            "HeunDiscreteScheduler",
+            aliases=("k_heun", "heun"),
             flow_class="FlowMatchHeunDiscreteScheduler",
         ),
         SamplerSpec("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2", "dpm_2", "dpm2"), automatic="Karras"),
         SamplerSpec(
-            "DPM2 a", "KDPM2AncestralDiscreteScheduler",
-            aliases=("k_dpm_2_a", "dpm_2_a", "dpm2_a", "dpm_2_ancestral"), automatic="Karras",
+            "DPM2 a",
+            "KDPM2AncestralDiscreteScheduler",
+            aliases=("k_dpm_2_a", "dpm_2_a", "dpm2_a", "dpm_2_ancestral"),
+            automatic="Karras",
         ),
         SamplerSpec(
-            "DPM++ 2S a", "DPMSolverSinglestepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True},
-            aliases=("k_dpmpp_2s_a", "dpmpp_2s_a", "dpmpp_2s_ancestral"), automatic="Karras",
+            "DPM++ 2S a",
+            "DPMSolverSinglestepScheduler",
+            {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True},
+            aliases=("k_dpmpp_2s_a", "dpmpp_2s_a", "dpmpp_2s_ancestral"),
+            automatic="Karras",
             notice="DPM++ 2S a has no diffusers scheduler; using DPMSolverSinglestepScheduler (order 2, no ancestral noise).",
         ),
         SamplerSpec(
-            "DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-            aliases=("k_dpmpp_2m", "dpmpp_2m"), automatic="Karras",
-            flow_class="DPMSolverMultistepScheduler", flow_kwargs={"algorithm_type": "dpmsolver++", "solver_order": 2, **_DPM_FLOW},
+            "DPM++ 2M",
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            aliases=("k_dpmpp_2m", "dpmpp_2m"),
+            automatic="Karras",
+            flow_class="DPMSolverMultistepScheduler",
+            flow_kwargs={"algorithm_type": "dpmsolver++", "solver_order": 2, **_DPM_FLOW},
         ),
         SamplerSpec(
-            "DPM++ SDE", "DPMSolverSinglestepScheduler",
+            "DPM++ SDE",
+            "DPMSolverSinglestepScheduler",
             {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True},
-            aliases=("k_dpmpp_sde", "dpmpp_sde"), automatic="Karras",
+            aliases=("k_dpmpp_sde", "dpmpp_sde"),
+            automatic="Karras",
         ),
         SamplerSpec(
-            "DPM++ 2M SDE", "DPMSolverMultistepScheduler",
+            "DPM++ 2M SDE",
+            "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint"},
-            aliases=("k_dpmpp_2m_sde", "dpmpp_2m_sde"), automatic="Exponential",
+            aliases=("k_dpmpp_2m_sde", "dpmpp_2m_sde"),
+            automatic="Exponential",
         ),
         SamplerSpec(
-            "DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
+            "DPM++ 2M SDE Heun",
+            "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
-            aliases=("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"), automatic="Exponential",
+            aliases=("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"),
+            automatic="Exponential",
         ),
         SamplerSpec(
-            "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+            "DPM++ 3M SDE",
+            "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
-            aliases=("k_dpmpp_3m_sde", "dpmpp_3m_sde"), automatic="Exponential",
+            aliases=("k_dpmpp_3m_sde", "dpmpp_3m_sde"),
+            automatic="Exponential",
         ),
         SamplerSpec(
-            "DDIM", "DDIMScheduler",
+            "DDIM",
+            "DDIMScheduler",
             {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False},
-            aliases=("ddim",), ignores_schedule=True,
+            aliases=("ddim",),
+            ignores_schedule=True,
         ),
         SamplerSpec(
-            "PLMS", "PNDMScheduler", {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False},
-            aliases=("plms", "pndm"), ignores_schedule=True,
+            "PLMS",
+            "PNDMScheduler",
+            {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False},
+            aliases=("plms", "pndm"),
+            ignores_schedule=True,
         ),
         SamplerSpec(
-            "UniPC", "UniPCMultistepScheduler",
+            "UniPC",
+            "UniPCMultistepScheduler",
             # A1111's UniPC: bh1, order 3, time-uniform steps ending at sigma_min (t = 1/N), not at 0;
             # diffusers' bh1 step to sigma 0 divides by an infinite log-SNR step and gives NaN.
-            {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "predict_x0": True,
-             "timestep_spacing": "linspace", "final_sigmas_type": "sigma_min"},
-            aliases=("unipc", "uni_pc"), ignores_schedule=True,
+            {
+                "solver_type": "bh1",
+                "solver_order": 3,
+                "lower_order_final": True,
+                "predict_x0": True,
+                "timestep_spacing": "linspace",
+                "final_sigmas_type": "sigma_min",
+            },
+            aliases=("unipc", "uni_pc"),
+            ignores_schedule=True,
             flow_class="UniPCMultistepScheduler",
             flow_kwargs={"solver_type": "bh2", "solver_order": 2, **_DPM_FLOW},
         ),
@@ -209,7 +242,7 @@ def _parse_version(version: str) -> tuple[int, int] | None:
         return None
     # Forge writes its own version first, then A1111's after a "v".
     a1111 = re.search(r"v(\d+)\.(\d+)", version)
-    major, minor = (a1111.groups() if a1111 else matches[0])
+    major, minor = a1111.groups() if a1111 else matches[0]
     return int(major), int(minor)
 
 
@@ -287,7 +320,9 @@ def sampler_from_infotext(params: Mapping[str, object]) -> tuple[str, str]:
     version = params.get("Version")
     if schedule is None and not version:
         version = "1.8.0"
-    return resolve_sampler(sampler, None if schedule is None else str(schedule), version=None if version is None else str(version))
+    return resolve_sampler(
+        sampler, None if schedule is None else str(schedule), version=None if version is None else str(version)
+    )
 
 
 def effective_schedule(name: str, schedule_type: str | None = None, *, version: str | None = None) -> str:
@@ -314,7 +349,7 @@ def make_scheduler(
     family: str,
     *,
     version: str | None = None,
-) -> tuple["SchedulerMixin", str | None]:
+) -> tuple[SchedulerMixin, str | None]:
     """Build the diffusers scheduler for an A1111 sampler from the model's own scheduler config.
 
     ``scheduler_config`` is the pipeline's ``scheduler.config`` (betas, prediction type, SD3 shift);
@@ -338,9 +373,7 @@ def make_scheduler(
     spec = SAMPLERS[sampler]
     schedule = spec.automatic if label == "Automatic" else label
     if schedule in UNSUPPORTED_SCHEDULE_TYPES:
-        raise ValueError(
-            f"The schedule type {schedule!r} has no diffusers equivalent; use one of {', '.join(SCHEDULE_TYPES)}."
-        )
+        raise ValueError(f"The schedule type {schedule!r} has no diffusers equivalent; use one of {', '.join(SCHEDULE_TYPES)}.")
     notices: list[str] = []
 
     if family == "sd3":

@@ -15,7 +15,6 @@ from ..errors import TagloopError
 from .config import build_default_map
 from .errors import interrupted, to_command_error
 
-
 #: Subcommands in the order of the loop, each imported only when it is used (or listed by --help).
 COMMANDS = {
     "tag": (".tag", "tag_command"),

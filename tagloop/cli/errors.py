@@ -102,7 +102,7 @@ class GracefulInterrupt:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __enter__(self) -> "GracefulInterrupt":
+    def __enter__(self) -> GracefulInterrupt:
         import signal
         import threading
 

@@ -40,8 +40,11 @@ def _fail(message: str) -> None:
 
     from .errors import with_flags
 
-    message = re.sub(r"`([a-z][a-z0-9_]*)`(?! \()", lambda m: f"`{m.group(1)}` ({_SETTING_FLAGS[m.group(1)]})"
-                     if m.group(1) in _SETTING_FLAGS else m.group(0), message)
+    message = re.sub(
+        r"`([a-z][a-z0-9_]*)`(?! \()",
+        lambda m: f"`{m.group(1)}` ({_SETTING_FLAGS[m.group(1)]})" if m.group(1) in _SETTING_FLAGS else m.group(0),
+        message,
+    )
     click.echo(f"Error: {with_flags(message)}", err=True)
     sys.exit(2)
 
@@ -52,50 +55,148 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 
 
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "-m", default=None, help="Checkpoint file, diffusers folder, name in your A1111/ComfyUI folders, or hub id.")
+@click.option(
+    "--model", "-m", default=None, help="Checkpoint file, diffusers folder, name in your A1111/ComfyUI folders, or hub id."
+)
 @click.option("--prompt", "-p", default=None, help="Positive prompt (A1111 syntax: (tag:1.2), [tag], BREAK, <lora:NAME:W>).")
 @click.option("--negative", "-n", default="", help="Negative prompt.")
-@click.option("--prompt-file", type=click.Path(dir_okay=False), default=None, help="Text file, one prompt a line (all batched together).")
-@click.option("--from-json", "from_json", type=click.Path(dir_okay=False), default=None,
-              help="Output of `tagloop prompt --format json` (fields positive/negative or prompt/negative_prompt).")
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="outputs", show_default=True, help="Output folder (00000-SEED.png, counter continues).")
-@click.option("--sampler", default=None, help="A1111 sampler name (default per family: SD1.5 'DPM++ 2M Karras', SDXL 'Euler a', SD3 'Euler').")
+@click.option(
+    "--prompt-file", type=click.Path(dir_okay=False), default=None, help="Text file, one prompt a line (all batched together)."
+)
+@click.option(
+    "--from-json",
+    "from_json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output of `tagloop prompt --format json` (fields positive/negative or prompt/negative_prompt).",
+)
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="outputs",
+    show_default=True,
+    help="Output folder (00000-SEED.png, counter continues).",
+)
+@click.option(
+    "--sampler",
+    default=None,
+    help="A1111 sampler name (default per family: SD1.5 'DPM++ 2M Karras', SDXL 'Euler a', SD3 'Euler').",
+)
 @click.option("--schedule-type", default=None, help="A1111 1.9+ schedule type: Automatic, Karras, Exponential, ...")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default per family: 20 SD1.5, 30 SDXL/SD3).")
 @click.option("--cfg", type=float, default=None, help="CFG scale (default 7).")
-@click.option("--seed", type=int, default=-1, show_default=True, help="Seed; -1 picks a random one (recorded in the PNG). Image k gets seed+k.")
-@click.option("--size", callback=_size, default=None, help="WIDTHxHEIGHT, multiples of 8 (default per family: 512x512 SD1.5, 1024x1024 SDXL/SD3).")
+@click.option(
+    "--seed",
+    type=int,
+    default=-1,
+    show_default=True,
+    help="Seed; -1 picks a random one (recorded in the PNG). Image k gets seed+k.",
+)
+@click.option(
+    "--size",
+    callback=_size,
+    default=None,
+    help="WIDTHxHEIGHT, multiples of 8 (default per family: 512x512 SD1.5, 1024x1024 SDXL/SD3).",
+)
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Images per prompt per batch (A1111 batch size).")
 @click.option("--batch-count", type=int, default=1, show_default=True, help="Batches per prompt (A1111 batch count).")
-@click.option("--max-batch", type=int, default=4, show_default=True, help="Images per forward pass when packing several prompts/batches together.")
-@click.option("--clip-skip", type=int, default=1, show_default=True, help="A1111 clip skip: 1 = last layer, 2 = penultimate (anime SD1.x models); SDXL ignores it, as in A1111.")
+@click.option(
+    "--max-batch",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Images per forward pass when packing several prompts/batches together.",
+)
+@click.option(
+    "--clip-skip",
+    type=int,
+    default=1,
+    show_default=True,
+    help="A1111 clip skip: 1 = last layer, 2 = penultimate (anime SD1.x models); SDXL ignores it, as in A1111.",
+)
 @click.option("--vae", default=None, help="VAE file or folder (or a name in models/VAE).")
-@click.option("--lora-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of LoRA files for <lora:NAME:WEIGHT> (repeatable).")
-@click.option("--embeddings-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of textual-inversion embeddings (used by file name).")
+@click.option(
+    "--lora-dir",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Folder of LoRA files for <lora:NAME:WEIGHT> (repeatable).",
+)
+@click.option(
+    "--embeddings-dir",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Folder of textual-inversion embeddings (used by file name).",
+)
 @click.option("--init-image", type=click.Path(dir_okay=False), default=None, help="img2img source image.")
 @click.option("--denoise", type=float, default=0.75, show_default=True, help="img2img denoising strength.")
 @click.option("--hires-scale", type=float, default=None, help="Hires fix: upscale factor of a second pass (e.g. 1.3).")
 @click.option("--hires-steps", type=int, default=0, show_default=True, help="Hires fix steps (0 = same as --steps).")
 @click.option("--hires-denoise", type=float, default=0.5, show_default=True, help="Hires fix denoising strength.")
-@click.option("--hires-upscaler", type=click.Choice(["latent", "lanczos"]), default="latent", show_default=True, help="Hires fix upscale: latent (bilinear) or image (Lanczos).")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16", "fp8"]), default="auto", show_default=True,
-              help="auto: fp32 on CPU, fp16 (SD1/SDXL) or bf16 (SD3) on CUDA, fp8 storage for FP8 checkpoints.")
+@click.option(
+    "--hires-upscaler",
+    type=click.Choice(["latent", "lanczos"]),
+    default="latent",
+    show_default=True,
+    help="Hires fix upscale: latent (bilinear) or image (Lanczos).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16", "fp8"]),
+    default="auto",
+    show_default=True,
+    help="auto: fp32 on CPU, fp16 (SD1/SDXL) or bf16 (SD3) on CUDA, fp8 storage for FP8 checkpoints.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--offload", type=click.Choice(["none", "model", "sequential"]), default="none", show_default=True, help="CPU offload for small GPUs.")
+@click.option(
+    "--offload",
+    type=click.Choice(["none", "model", "sequential"]),
+    default="none",
+    show_default=True,
+    help="CPU offload for small GPUs.",
+)
 @click.option("--vae-tiling", is_flag=True, help="Decode in tiles (large images on small GPUs).")
 @click.option("--attention-slicing", is_flag=True, help="Slice attention to save memory (slower).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet/transformer (first image slow, later faster).")
-@click.option("--a1111-dir", type=click.Path(file_okay=False), default=None, help="Your stable-diffusion-webui folder (models/Stable-diffusion, models/VAE, models/Lora, embeddings).")
-@click.option("--comfyui-dir", type=click.Path(file_okay=False), default=None, help="Your ComfyUI folder (models/checkpoints, models/vae, models/loras, models/embeddings).")
-@click.option("--config-dir", "config_dir", type=click.Path(file_okay=False), default=None,
-              help="Local diffusers folder whose configs a single-file checkpoint uses (default: the packaged ones).")
+@click.option(
+    "--a1111-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Your stable-diffusion-webui folder (models/Stable-diffusion, models/VAE, models/Lora, embeddings).",
+)
+@click.option(
+    "--comfyui-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Your ComfyUI folder (models/checkpoints, models/vae, models/loras, models/embeddings).",
+)
+@click.option(
+    "--config-dir",
+    "config_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local diffusers folder whose configs a single-file checkpoint uses (default: the packaged ones).",
+)
 @click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.pt checkpoints (pickle files can run code).")
 @click.option("--list-samplers", is_flag=True, help="Print the A1111 sampler names and exit.")
-@click.option("--infotext", default=None, help="Re-create an image: a PNG with A1111 parameters, or a text file with an infotext.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: one object per image (path, seed, infotext) on stdout.")
-@click.option("--quiet", "-q", is_flag=True,
-              help="No progress bars, and no warnings from diffusers/transformers (tagloop's own notices still print).")
+@click.option(
+    "--infotext", default=None, help="Re-create an image: a PNG with A1111 parameters, or a text file with an infotext."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per image (path, seed, infotext) on stdout.",
+)
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress bars, and no warnings from diffusers/transformers (tagloop's own notices still print).",
+)
 @click.pass_context
 def generate_command(ctx: click.Context, **opts) -> None:
     """Generate images with Stable Diffusion (SD1.x/2.x, SDXL, SD3.x) as AUTOMATIC1111 does.
@@ -152,11 +253,21 @@ def generate_command(ctx: click.Context, **opts) -> None:
 
             from_info = settings_from_infotext(opts["infotext"])
             overrides = {}
-            for opt, field in (("prompt", "prompt"), ("negative", "negative_prompt"), ("sampler", "sampler"),
-                               ("schedule_type", "schedule_type"), ("steps", "steps"), ("cfg", "cfg_scale"),
-                               ("seed", "seed"), ("clip_skip", "clip_skip"), ("denoise", "denoising_strength"),
-                               ("hires_scale", "hires_scale"), ("hires_steps", "hires_steps"),
-                               ("hires_denoise", "hires_denoise"), ("hires_upscaler", "hires_upscaler")):
+            for opt, field in (
+                ("prompt", "prompt"),
+                ("negative", "negative_prompt"),
+                ("sampler", "sampler"),
+                ("schedule_type", "schedule_type"),
+                ("steps", "steps"),
+                ("cfg", "cfg_scale"),
+                ("seed", "seed"),
+                ("clip_skip", "clip_skip"),
+                ("denoise", "denoising_strength"),
+                ("hires_scale", "hires_scale"),
+                ("hires_steps", "hires_steps"),
+                ("hires_denoise", "hires_denoise"),
+                ("hires_upscaler", "hires_upscaler"),
+            ):
                 if _explicit(ctx, opt):
                     overrides[field] = getattr(settings, field)
             if size:
@@ -197,6 +308,10 @@ def generate_command(ctx: click.Context, **opts) -> None:
         _fail(str(e))
     for im in images:
         if opts["fmt"] == "json":
-            click.echo(json.dumps({"path": str(im.path) if im.path else None, "seed": im.seed, "infotext": im.infotext}, ensure_ascii=False))
+            click.echo(
+                json.dumps(
+                    {"path": str(im.path) if im.path else None, "seed": im.seed, "infotext": im.infotext}, ensure_ascii=False
+                )
+            )
         else:
             click.echo(str(im.path))

@@ -44,8 +44,11 @@ def info_command(image: Path, output_format: str) -> None:
         sys.exit(1)
     if output_format == "text":
         if not metadata.infotext:
-            other = " (it has a ComfyUI graph: see `tagloop info` without --format text)" if (
-                metadata.comfyui_prompt or metadata.comfyui_workflow) else ""
+            other = (
+                " (it has a ComfyUI graph: see `tagloop info` without --format text)"
+                if (metadata.comfyui_prompt or metadata.comfyui_workflow)
+                else ""
+            )
             click.echo(f"{image}: no A1111 generation parameters in this image{other}.", err=True)
             sys.exit(1)
         click.echo(metadata.infotext)

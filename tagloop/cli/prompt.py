@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import click
-
-from .errors import handle_errors
 
 from ..filters.base import FilterFileError
 from ..prompt.sources import parse_tag_text, read_json_source, read_results_json
 from ..prompt.tokens import TokenizerError
 from ..tagger.result import TagResult
 from ..tagtext import canonical, split_tags
+from .errors import handle_errors
 
 
 class PromptConfigError(click.ClickException):
@@ -51,52 +48,156 @@ def _tagger_integration() -> tuple[list[click.Parameter], Callable[..., TagResul
 
 @click.command("prompt", context_settings={"max_content_width": 100})
 @click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--tags", "tags_text", default=None,
-              help="Tags to compose instead of tagging an image: `1girl, solo, long hair`; `(tag:0.93)` gives a score.")
-@click.option("--from-json", "from_json", default=None, type=click.Path(exists=True, dir_okay=False, allow_dash=True),
-              help="Results written by `tagloop tag --format json|jsonl` (one object, a list, or JSONL; `-` = stdin).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: the prompt, then `Negative prompt: ...` (A1111 infotext style); json: the full record.")
-@click.option("--filters", "filter_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Blocklist file (A1111 filter.txt format plus `*`, `re:`, `!keep`); repeat to combine.")
+@click.option(
+    "--tags",
+    "tags_text",
+    default=None,
+    help="Tags to compose instead of tagging an image: `1girl, solo, long hair`; `(tag:0.93)` gives a score.",
+)
+@click.option(
+    "--from-json",
+    "from_json",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    help="Results written by `tagloop tag --format json|jsonl` (one object, a list, or JSONL; `-` = stdin).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: the prompt, then `Negative prompt: ...` (A1111 infotext style); json: the full record.",
+)
+@click.option(
+    "--filters",
+    "filter_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Blocklist file (A1111 filter.txt format plus `*`, `re:`, `!keep`); repeat to combine.",
+)
 @click.option("--block", multiple=True, help="Extra blocklist entries, same syntax as a filter file line; repeatable.")
-@click.option("--style", default=None,
-              help="Style-conflict rules: anime, realistic, chibi, illustration, none, or a TOML/YAML rules file (default: the preset's).")
-@click.option("--preset", default=None,
-              help="Prompt preset: default, plain, sd15-anime, sdxl-anime, sd3-natural, or a TOML preset file.")
-@click.option("--negative-preset", default=None,
-              help="Negative prompt: seed (seed 001's, the default), general, anime, portrait, landscape, or none (empty).")
+@click.option(
+    "--style",
+    default=None,
+    help="Style-conflict rules: anime, realistic, chibi, illustration, none, or a TOML/YAML rules file (default: the preset's).",
+)
+@click.option(
+    "--preset", default=None, help="Prompt preset: default, plain, sd15-anime, sdxl-anime, sd3-natural, or a TOML preset file."
+)
+@click.option(
+    "--negative-preset",
+    default=None,
+    help="Negative prompt: seed (seed 001's, the default), general, anime, portrait, landscape, or none (empty).",
+)
 @click.option("--negative", "negative_extra", multiple=True, help="Extra negative prompt entries (`a, b`); repeatable.")
-@click.option("--quality", default=None, help="Quality tags in front, replacing the preset's (`masterpiece, best quality`; `\"\"` = none).")
+@click.option(
+    "--quality", default=None, help='Quality tags in front, replacing the preset\'s (`masterpiece, best quality`; `""` = none).'
+)
 @click.option("--trigger", "trigger_words", multiple=True, help="Model trigger words put first (`ace_step style`); repeatable.")
-@click.option("--lora", "loras", multiple=True,
-              help="LoRA as `NAME[:WEIGHT][=trigger, words]`: writes <lora:NAME:WEIGHT> and its trigger words; repeatable.")
-@click.option("--budget", type=click.IntRange(min=0), default=None,
-              help="CLIP-token budget of the positive prompt; lowest-scoring tags are dropped to fit (0 = none).")
-@click.option("--tokenizer", default=None,
-              help="CLIP tokenizer folder (or a diffusers model folder with tokenizer/) for exact counts; `auto`, `estimate`, `open_clip`.")
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    help="LoRA as `NAME[:WEIGHT][=trigger, words]`: writes <lora:NAME:WEIGHT> and its trigger words; repeatable.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=0),
+    default=None,
+    help="CLIP-token budget of the positive prompt; lowest-scoring tags are dropped to fit (0 = none).",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="CLIP tokenizer folder (or a diffusers model folder with tokenizer/) for exact counts; `auto`, `estimate`, `open_clip`.",
+)
 @click.option("--always-first", default=None, help="Tags pinned to the front in this order when present, e.g. `1girl, solo`.")
-@click.option("--max-tags", type=click.IntRange(min=1), default=None,
-              help="Keep at most N tagger tags after filtering (lowest scores dropped; pinned tags stay).")
-@click.option("--replace", "replace_pairs", multiple=True, help="Rewrite a tag: `old=new` (new may be `a, b`; empty removes); repeatable.")
-@click.option("--replace-file", "replace_files", multiple=True, type=click.Path(dir_okay=False),
-              help="File of `old=new` lines (`#` comments); repeatable.")
-@click.option("--no-overlap", is_flag=True, default=False, help="Keep general tags that a more specific tag implies (`long hair` with `very long hair`).")
-@click.option("--keep-rating", is_flag=True, default=False, help="Keep rating tags in the prompt (default: removed, reported as the rating).")
-@click.option("--character-first/--no-character-first", default=None,
-              help="Character tags before the others (default on; the preset may add categories).")
-@click.option("--category-order", default=None, help="Categories first, in order, e.g. `character, copyright` (overrides --character-first).")
-@click.option("--emphasis", type=click.Choice(["none", "confidence", "score"]), default=None,
-              help="Weights from tagger scores: confidence maps 0..1 to the --emphasis-range, score writes (tag:score).")
+@click.option(
+    "--max-tags",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep at most N tagger tags after filtering (lowest scores dropped; pinned tags stay).",
+)
+@click.option(
+    "--replace", "replace_pairs", multiple=True, help="Rewrite a tag: `old=new` (new may be `a, b`; empty removes); repeatable."
+)
+@click.option(
+    "--replace-file",
+    "replace_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="File of `old=new` lines (`#` comments); repeatable.",
+)
+@click.option(
+    "--no-overlap",
+    is_flag=True,
+    default=False,
+    help="Keep general tags that a more specific tag implies (`long hair` with `very long hair`).",
+)
+@click.option(
+    "--keep-rating",
+    is_flag=True,
+    default=False,
+    help="Keep rating tags in the prompt (default: removed, reported as the rating).",
+)
+@click.option(
+    "--character-first/--no-character-first",
+    default=None,
+    help="Character tags before the others (default on; the preset may add categories).",
+)
+@click.option(
+    "--category-order",
+    default=None,
+    help="Categories first, in order, e.g. `character, copyright` (overrides --character-first).",
+)
+@click.option(
+    "--emphasis",
+    type=click.Choice(["none", "confidence", "score"]),
+    default=None,
+    help="Weights from tagger scores: confidence maps 0..1 to the --emphasis-range, score writes (tag:score).",
+)
 @click.option("--emphasis-range", default="0.8:1.2", show_default=True, help="LOW:HIGH weights for `--emphasis confidence`.")
 @click.option("--weight", "weights", multiple=True, help="Explicit weight `tag=1.2`, written as (tag:1.2); repeatable.")
 @click.option("--spaces/--underscores", "use_spaces", default=None, help="Write tags with spaces (default) or underscores.")
-@click.option("--escape/--no-escape", "escape", default=None, help="Escape ( ) \\ in tags so A1111 reads them as text (default: the preset's).")
+@click.option(
+    "--escape/--no-escape",
+    "escape",
+    default=None,
+    help="Escape ( ) \\ in tags so A1111 reads them as text (default: the preset's).",
+)
 @handle_errors
-def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style, preset, negative_preset, negative_extra,
-                   quality, trigger_words, loras, budget, tokenizer, always_first, max_tags, replace_pairs, replace_files,
-                   no_overlap, keep_rating, character_first, category_order, emphasis, emphasis_range, weights,
-                   use_spaces, escape, **tagger_kwargs):
+def prompt_command(
+    image,
+    tags_text,
+    from_json,
+    fmt,
+    filter_files,
+    block,
+    style,
+    preset,
+    negative_preset,
+    negative_extra,
+    quality,
+    trigger_words,
+    loras,
+    budget,
+    tokenizer,
+    always_first,
+    max_tags,
+    replace_pairs,
+    replace_files,
+    no_overlap,
+    keep_rating,
+    character_first,
+    category_order,
+    emphasis,
+    emphasis_range,
+    weights,
+    use_spaces,
+    escape,
+    **tagger_kwargs,
+):
     """Compose a Stable Diffusion prompt from an image's tags: filters, quality tags, negative prompt, token budget.
 
     Give exactly one source: IMAGE (tagged with the tagger options), --tags, or --from-json.
@@ -193,7 +294,9 @@ def prompt_command(image, tags_text, from_json, fmt, filter_files, block, style,
 def _tag_image(image: str, tagger_kwargs: dict[str, Any]) -> TagResult:
     """Tag IMAGE with the tagger options (the tag command)."""
     if _TAG_ONE is None:
-        raise click.UsageError("tagging an image needs tagloop.tagger.command, which this install lacks; use --tags or --from-json.")
+        raise click.UsageError(
+            "tagging an image needs tagloop.tagger.command, which this install lacks; use --tags or --from-json."
+        )
     from ..cli.errors import to_command_error
     from ..errors import TagloopError
     from ..tagger.preprocess import ImageDecodeError

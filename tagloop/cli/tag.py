@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 import textwrap
 import time
@@ -63,37 +61,105 @@ def tagger_options(f: Callable) -> Callable:
     from ..tagger.resolve import DEFAULT_MODEL
 
     options = [
-        click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
-                     help="Tagger: a file, a folder, `deepdanbooru` (found under --a1111-dir), a WD14 name, or a hub id."),
-        click.option("--threshold", type=ThresholdType(), default="auto", show_default=True,
-                     help="Score threshold: `auto` picks it from the image's Canny edge density (see --bands), a number fixes it; 0 returns every tag."),
-        click.option("--general-threshold", type=UNIT_FLOAT, default=None, help="Threshold for general tags (overrides --threshold)."),
-        click.option("--character-threshold", type=UNIT_FLOAT, default=None, help="Threshold for character tags (overrides --threshold)."),
-        click.option("--mcut", is_flag=True, default=False, help="Per-category MCut thresholds (largest gap between sorted scores)."),
-        click.option("--bands", type=BandsType(), default=format_bands(DEFAULT_BANDS), show_default=True,
-                     help="Adaptive bands, `upper:threshold` pairs by edge density, the last a bare threshold."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the model runs."),
-        click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-                     help="Compute precision (auto: bf16/fp16 on CUDA, fp32 on CPU)."),
-        click.option("--require-gpu", is_flag=True, default=False, help="Fail instead of falling back to the CPU when CUDA is not in use."),
+        click.option(
+            "--model",
+            "-m",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="Tagger: a file, a folder, `deepdanbooru` (found under --a1111-dir), a WD14 name, or a hub id.",
+        ),
+        click.option(
+            "--threshold",
+            type=ThresholdType(),
+            default="auto",
+            show_default=True,
+            help="Score threshold: `auto` picks it from the image's Canny edge density (see --bands), a number fixes it; 0 returns every tag.",
+        ),
+        click.option(
+            "--general-threshold", type=UNIT_FLOAT, default=None, help="Threshold for general tags (overrides --threshold)."
+        ),
+        click.option(
+            "--character-threshold", type=UNIT_FLOAT, default=None, help="Threshold for character tags (overrides --threshold)."
+        ),
+        click.option(
+            "--mcut", is_flag=True, default=False, help="Per-category MCut thresholds (largest gap between sorted scores)."
+        ),
+        click.option(
+            "--bands",
+            type=BandsType(),
+            default=format_bands(DEFAULT_BANDS),
+            show_default=True,
+            help="Adaptive bands, `upper:threshold` pairs by edge density, the last a bare threshold.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where the model runs.",
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
+            default="auto",
+            show_default=True,
+            help="Compute precision (auto: bf16/fp16 on CUDA, fp32 on CPU).",
+        ),
+        click.option(
+            "--require-gpu", is_flag=True, default=False, help="Fail instead of falling back to the CPU when CUDA is not in use."
+        ),
         click.option("--tensorrt", is_flag=True, default=False, help="ONNX models: try onnxruntime's TensorRT provider first."),
-        click.option("--backend", type=click.Choice(list(backends())), default=None,
-                     help="Force a tagger backend (default: detected from the files)."),
-        click.option("--allow-pickle", is_flag=True, default=False,
-                     help="Allow full-pickle .ckpt/.pt files (they can run code: only for files you trust)."),
-        click.option("--dd-preprocess", type=click.Choice(["a1111", "kdd"]), default="a1111", show_default=True,
-                     help="DeepDanbooru input: as AUTOMATIC1111 feeds it, or as the original project (area resize, edge pad)."),
-        click.option("--tags-file", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Label file (tags.txt or selected_tags.csv) when it is not beside the model."),
-        click.option("--a1111-dir", type=click.Path(file_okay=False), default=None,
-                     help="An AUTOMATIC1111 install whose models/ folder holds your models."),
-        click.option("--comfyui-dir", type=click.Path(file_okay=False), default=None,
-                     help="A ComfyUI install whose custom_nodes/ComfyUI-WD14-Tagger/models holds WD14 .onnx files."),
-        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-                     help="Refuse images with more pixels than this (default 64 million)."),
-        click.option("--max-tags", type=click.IntRange(min=0), default=None, help="Keep at most N tags per image (highest scores)."),
-        click.option("--input-size", default=None,
-                     help="DeepDanbooru input side (multiple of 128, or HxW); default 512 or the project.json beside the model."),
+        click.option(
+            "--backend",
+            type=click.Choice(list(backends())),
+            default=None,
+            help="Force a tagger backend (default: detected from the files).",
+        ),
+        click.option(
+            "--allow-pickle",
+            is_flag=True,
+            default=False,
+            help="Allow full-pickle .ckpt/.pt files (they can run code: only for files you trust).",
+        ),
+        click.option(
+            "--dd-preprocess",
+            type=click.Choice(["a1111", "kdd"]),
+            default="a1111",
+            show_default=True,
+            help="DeepDanbooru input: as AUTOMATIC1111 feeds it, or as the original project (area resize, edge pad).",
+        ),
+        click.option(
+            "--tags-file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="Label file (tags.txt or selected_tags.csv) when it is not beside the model.",
+        ),
+        click.option(
+            "--a1111-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="An AUTOMATIC1111 install whose models/ folder holds your models.",
+        ),
+        click.option(
+            "--comfyui-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="A ComfyUI install whose custom_nodes/ComfyUI-WD14-Tagger/models holds WD14 .onnx files.",
+        ),
+        click.option(
+            "--max-pixels",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Refuse images with more pixels than this (default 64 million).",
+        ),
+        click.option(
+            "--max-tags", type=click.IntRange(min=0), default=None, help="Keep at most N tags per image (highest scores)."
+        ),
+        click.option(
+            "--input-size",
+            default=None,
+            help="DeepDanbooru input side (multiple of 128, or HxW); default 512 or the project.json beside the model.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -101,9 +167,25 @@ def tagger_options(f: Callable) -> Callable:
 
 
 TAGGER_OPTION_NAMES = (
-    "model", "threshold", "general_threshold", "character_threshold", "mcut", "bands", "device", "dtype",
-    "require_gpu", "tensorrt", "backend", "allow_pickle", "dd_preprocess", "tags_file", "a1111_dir",
-    "comfyui_dir", "max_pixels", "max_tags", "input_size",
+    "model",
+    "threshold",
+    "general_threshold",
+    "character_threshold",
+    "mcut",
+    "bands",
+    "device",
+    "dtype",
+    "require_gpu",
+    "tensorrt",
+    "backend",
+    "allow_pickle",
+    "dd_preprocess",
+    "tags_file",
+    "a1111_dir",
+    "comfyui_dir",
+    "max_pixels",
+    "max_tags",
+    "input_size",
 )
 
 
@@ -164,20 +246,50 @@ def caption_extension(value: str) -> str:
 @click.command("tag")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @tagger_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl"]), default="text", show_default=True,
-              help="text: caption per image (PATH<TAB>caption when several); json: an object (a list for several); jsonl: one object a line.")
-@click.option("--sidecar", is_flag=True, default=False, help="Write a kohya-style caption file (IMAGE_STEM.txt) next to each image.")
-@click.option("--caption-extension", default=".txt", show_default=True, callback=lambda ctx, param, value: caption_extension(value),
-              help="Extension of sidecar caption files (`.txt`, `.caption`; the dot is optional).")
-@click.option("--skip-existing", is_flag=True, default=False, help="With --sidecar: leave images that already have a caption file alone.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (atomically) instead of stdout.")
-@click.option("--failures", type=click.Path(dir_okay=False), default=None,
-              help="Also record every image that failed, with the reason, in this JSONL file (written atomically).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="text: caption per image (PATH<TAB>caption when several); json: an object (a list for several); jsonl: one object a line.",
+)
+@click.option(
+    "--sidecar", is_flag=True, default=False, help="Write a kohya-style caption file (IMAGE_STEM.txt) next to each image."
+)
+@click.option(
+    "--caption-extension",
+    default=".txt",
+    show_default=True,
+    callback=lambda ctx, param, value: caption_extension(value),
+    help="Extension of sidecar caption files (`.txt`, `.caption`; the dot is optional).",
+)
+@click.option(
+    "--skip-existing", is_flag=True, default=False, help="With --sidecar: leave images that already have a caption file alone."
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the results to this file (atomically) instead of stdout.",
+)
+@click.option(
+    "--failures",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also record every image that failed, with the reason, in this JSONL file (written atomically).",
+)
 @click.option("--recursive", "-r", is_flag=True, default=False, help="Walk folders recursively.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads (default: one per core, up to 8).")
-@click.option("--filters", "filter_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Blocklist file(s) (filter.txt format) applied to the tags; repeatable.")
+@click.option(
+    "--filters",
+    "filter_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Blocklist file(s) (filter.txt format) applied to the tags; repeatable.",
+)
 @click.option("--underscores", is_flag=True, default=False, help="Keep underscores (default: spaces, as A1111's 'use spaces').")
 @click.option("--no-escape", is_flag=True, default=False, help="Do not escape parentheses (default: `\\(` as A1111).")
 @click.option("--scores", "show_scores", is_flag=True, default=False, help="Text/sidecar: write each tag as (tag:0.87).")
@@ -185,8 +297,26 @@ def caption_extension(value: str) -> str:
 @click.option("--character-first", is_flag=True, default=False, help="Text/sidecar: character tags before general ones.")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar.")
 @user_errors
-def tag_command(paths, fmt, sidecar, caption_extension, skip_existing, output, failures, recursive, batch_size, workers,
-                filter_files, underscores, no_escape, show_scores, include_rating, character_first, quiet, **kw):
+def tag_command(
+    paths,
+    fmt,
+    sidecar,
+    caption_extension,
+    skip_existing,
+    output,
+    failures,
+    recursive,
+    batch_size,
+    workers,
+    filter_files,
+    underscores,
+    no_escape,
+    show_scores,
+    include_rating,
+    character_first,
+    quiet,
+    **kw,
+):
     """Tag images (files or folders) with a DeepDanbooru or WD14 tagger.
 
     \b
@@ -325,7 +455,9 @@ def _load_filters(filter_files) -> Callable[[TagResult], TagResult] | None:
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
 @click.argument("dst", required=False, type=click.Path(dir_okay=False))
 @click.option("--allow-pickle", is_flag=True, default=False, help="Allow a full-pickle source (only for files you trust).")
-@click.option("--tags-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Tag list when the source has none.")
+@click.option(
+    "--tags-file", type=click.Path(exists=True, dir_okay=False), default=None, help="Tag list when the source has none."
+)
 @user_errors
 def convert_deepdanbooru_command(src, dst, allow_pickle, tags_file):
     """Convert A1111's DeepDanbooru .pt to .safetensors (tags kept in the file's metadata).

@@ -39,7 +39,7 @@ class Blocklist:
     keep: tuple[TagPattern, ...] = ()
     sources: tuple[str, ...] = ()
 
-    def __add__(self, other: "Blocklist") -> "Blocklist":
+    def __add__(self, other: Blocklist) -> Blocklist:
         return Blocklist(self.block + other.block, self.keep + other.keep, self.sources + other.sources)
 
     def __bool__(self) -> bool:
@@ -78,7 +78,11 @@ def _split_entries(line: str) -> list[str]:
     while rest:
         head, sep, tail = rest.partition(",")
         stripped = head.strip()
-        if stripped.startswith("re:") or stripped.startswith("!re:") or (stripped.startswith("!") and stripped[1:].strip().startswith("re:")):
+        if (
+            stripped.startswith("re:")
+            or stripped.startswith("!re:")
+            or (stripped.startswith("!") and stripped[1:].strip().startswith("re:"))
+        ):
             out.append(rest.strip())
             break
         out.append(stripped)

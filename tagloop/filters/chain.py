@@ -86,7 +86,7 @@ class FilterChain:
     style: StyleRules | None
 
     @classmethod
-    def from_settings(cls, settings: FilterSettings) -> "FilterChain":
+    def from_settings(cls, settings: FilterSettings) -> FilterChain:
         """Read every file the settings name; raises :class:`FilterFileError` for a malformed one."""
         blocklist = load_blocklist(settings.filter_files, settings.block)
         pairs = []

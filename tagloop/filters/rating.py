@@ -24,7 +24,7 @@ def is_rating(tag: TagScore) -> bool:
 def rating_name(tag: TagScore | str) -> str:
     """``rating:general`` and WD14's ``general`` -> ``general``."""
     key = canonical(tag.name if isinstance(tag, TagScore) else tag)
-    return key[len("rating:"):] if key.startswith("rating:") else key
+    return key[len("rating:") :] if key.startswith("rating:") else key
 
 
 def drop_ratings(tags: Sequence[TagScore], log: FilterLog | None = None) -> list[TagScore]:
@@ -35,7 +35,11 @@ def drop_ratings(tags: Sequence[TagScore], log: FilterLog | None = None) -> list
         if is_rating(tag):
             name = rating_name(tag)
             log.rating[name] = max(tag.score, log.rating.get(name, 0.0))
-            log.add(tag, "rating", "rating tags describe the image, not what to draw (kept as the result's rating; `--keep-rating` keeps them)")
+            log.add(
+                tag,
+                "rating",
+                "rating tags describe the image, not what to draw (kept as the result's rating; `--keep-rating` keeps them)",
+            )
         else:
             kept.append(tag)
     return kept

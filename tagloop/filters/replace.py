@@ -45,14 +45,14 @@ class ReplaceMap:
     pairs: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, str | Sequence[str]]) -> "ReplaceMap":
+    def from_mapping(cls, mapping: Mapping[str, str | Sequence[str]]) -> ReplaceMap:
         pairs = []
         for old, new in mapping.items():
             news = split_tags(new) if isinstance(new, str) else list(new)
             pairs.append((canonical(old), tuple(canonical(n) for n in news)))
         return cls(tuple(pairs))
 
-    def __add__(self, other: "ReplaceMap") -> "ReplaceMap":
+    def __add__(self, other: ReplaceMap) -> ReplaceMap:
         return ReplaceMap(self.pairs + other.pairs)
 
     def __bool__(self) -> bool:
@@ -104,7 +104,9 @@ def load_replacements(pairs: Iterable[str] = (), files: Iterable[str | Path] = (
     return out + ReplaceMap(extra)
 
 
-def replace_tags(tags: Sequence[TagScore], mapping: ReplaceMap | Mapping[str, str], log: FilterLog | None = None) -> list[TagScore]:
+def replace_tags(
+    tags: Sequence[TagScore], mapping: ReplaceMap | Mapping[str, str], log: FilterLog | None = None
+) -> list[TagScore]:
     """Functional form of :meth:`ReplaceMap.apply` that also accepts a plain ``{old: new}`` dict."""
     rmap = mapping if isinstance(mapping, ReplaceMap) else ReplaceMap.from_mapping(mapping)
     return rmap.apply(tags, log)

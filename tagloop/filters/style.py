@@ -60,9 +60,7 @@ class StyleRules:
     groups: tuple[StyleGroup, ...] = ()
     description: str = ""
 
-    def apply(
-        self, tags: Sequence[TagScore], log: FilterLog | None = None, force_keep: Any = None
-    ) -> list[TagScore]:
+    def apply(self, tags: Sequence[TagScore], log: FilterLog | None = None, force_keep: Any = None) -> list[TagScore]:
         """Drop conflicting tags or move them to ``log.negative``.
 
         ``force_keep``: a :class:`~tagloop.filters.blocklist.Blocklist` whose ``!tag`` rules win.
@@ -165,7 +163,7 @@ def read_style_file(path: str | Path) -> StyleRules:
             raise FilterFileError(
                 f"defines {len(styles)} styles ({', '.join(styles)}); a style file given to `--style` must define one.", path
             )
-        (name, body), = styles.items()
+        ((name, body),) = styles.items()
     else:
         name, body = str(data.get("name") or path.stem), data
     if not isinstance(body, dict):

@@ -21,8 +21,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..a1111.chunking import (  # noqa: F401  (re-exported: the encoders and their tests use them)
     CHUNK_LENGTH,
@@ -42,7 +41,8 @@ from ..a1111.chunking import (  # noqa: F401  (re-exported: the encoders and the
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-def _chunk_tensors(tokenizer: Any, chunks: Sequence[PromptChunk], device: Any) -> tuple["torch.Tensor", "torch.Tensor"]:
+
+def _chunk_tensors(tokenizer: Any, chunks: Sequence[PromptChunk], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, weights)`` of shape ``(k, 77)``: BOS + tokens + EOS, pad id after the first EOS."""
     import torch
 
@@ -74,7 +74,7 @@ def _num_layers(text_encoder: Any) -> int:
     return int(text_encoder.config.num_hidden_layers)
 
 
-def _apply_emphasis(z: "torch.Tensor", weights: "torch.Tensor", emphasis: str) -> "torch.Tensor":
+def _apply_emphasis(z: torch.Tensor, weights: torch.Tensor, emphasis: str) -> torch.Tensor:
     """Weight each token row of ``z`` (k, 77, C) by ``weights`` (k, 77), per chunk."""
     import torch
 
@@ -89,7 +89,9 @@ def _apply_emphasis(z: "torch.Tensor", weights: "torch.Tensor", emphasis: str) -
         # a near-zero divisor a huge factor. Such chunks keep the plain weighted values.
         scale = weighted.abs().mean(dim=(1, 2), keepdim=True)
         usable = new_mean.abs() > 1e-6 * scale
-        ratio = torch.where(usable, original_mean / torch.where(usable, new_mean, torch.ones_like(new_mean)), torch.ones_like(new_mean))
+        ratio = torch.where(
+            usable, original_mean / torch.where(usable, new_mean, torch.ones_like(new_mean)), torch.ones_like(new_mean)
+        )
         weighted = weighted * ratio
     return weighted.to(z.dtype)
 
@@ -100,8 +102,8 @@ def _module_device_dtype(module: Any) -> tuple[Any, Any]:
 
 
 def _encode_chunks(
-    text_encoder: Any, ids: "torch.Tensor", *, hidden_index: int | None, final_norm: bool
-) -> tuple["torch.Tensor", Any]:
+    text_encoder: Any, ids: torch.Tensor, *, hidden_index: int | None, final_norm: bool
+) -> tuple[torch.Tensor, Any]:
     """Run the encoder on ``ids``; return the chosen hidden state and the raw output."""
     output = text_encoder(ids, output_hidden_states=hidden_index is not None)
     if hidden_index is None:
@@ -131,7 +133,7 @@ def encode_prompt_a1111(
     device: Any = None,
     dtype: Any = None,
     pad_to_chunks: int | None = None,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """Encode ``text`` for SD1/SD2 as A1111 does; returns ``prompt_embeds`` of shape (1, 77*k, C).
 
     ``clip_skip`` has A1111's meaning (2 = penultimate layer + final layer norm). ``pad_to_chunks``
@@ -164,7 +166,7 @@ def encode_prompt_sdxl(
     device: Any = None,
     dtype: Any = None,
     pad_to_chunks: int | None = None,
-) -> tuple["torch.Tensor", "torch.Tensor"]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode ``text`` for SDXL as A1111 does; returns ``(prompt_embeds, pooled_prompt_embeds)``.
 
     ``prompt_embeds`` is (1, 77*k, C1 + C2): per chunk, both encoders' penultimate hidden state

@@ -194,7 +194,9 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
         if s.hires_scale < 1.0 or s.hires_scale > 4.0:
             raise _err(f"`--hires-scale` must be between 1 and 4, not {s.hires_scale!r}.")
         if s.hires and s.init_image is not None:
-            raise _err("`--hires-scale` is a text-to-image second pass; drop it with `--init-image` (use a larger --size instead).")
+            raise _err(
+                "`--hires-scale` is a text-to-image second pass; drop it with `--init-image` (use a larger --size instead)."
+            )
         if not 0.0 < s.hires_denoise <= 1.0:
             raise _err(f"`--hires-denoise` must be above 0 and at most 1, not {s.hires_denoise!r}.")
         if s.hires_steps < 0:
@@ -223,7 +225,9 @@ def _default_sampler(family: str | None) -> tuple[str, str]:
     return resolve_sampler(FAMILY_DEFAULTS[family].sampler if family in FAMILY_DEFAULTS else "Euler a")
 
 
-def with_family_defaults(settings: GenerationSettings, family: str, init_size: tuple[int, int] | None = None) -> GenerationSettings:
+def with_family_defaults(
+    settings: GenerationSettings, family: str, init_size: tuple[int, int] | None = None
+) -> GenerationSettings:
     """``settings`` with every ``None`` filled from the family defaults (img2img: the init image's size)."""
     d = FAMILY_DEFAULTS[family]
     width, height = settings.width, settings.height
@@ -281,10 +285,13 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
     out = []
     for i, item in enumerate(items):
         if isinstance(item, dict) and isinstance(item.get("prompts"), list):
-            out += [(p.get("positive", p.get("prompt", "")), p.get("negative", p.get("negative_prompt", negative))) for p in item["prompts"]]
+            out += [
+                (p.get("positive", p.get("prompt", "")), p.get("negative", p.get("negative_prompt", negative)))
+                for p in item["prompts"]
+            ]
             continue
         if not isinstance(item, dict) or not ({"positive", "prompt"} & item.keys()):
-            raise SettingsError(f"`--from-json` {path}: item {i} has no \"positive\" or \"prompt\" field.")
+            raise SettingsError(f'`--from-json` {path}: item {i} has no "positive" or "prompt" field.')
         pos = item.get("positive", item.get("prompt"))
         neg = item.get("negative", item.get("negative_prompt"))
         out.append((str(pos), negative if neg is None else str(neg)))
@@ -295,8 +302,8 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
 
 def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
     """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
-    from ..a1111.samplers import resolve_sampler, sampler_from_infotext
     from ..a1111.infotext import parse_infotext, read_image_metadata
+    from ..a1111.samplers import resolve_sampler, sampler_from_infotext
 
     text: str | None = None
     p = _infotext_path(source)
@@ -506,12 +513,20 @@ class Generator:
         vae_path = resolve_vae(vae, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, allow_pickle=allow_pickle) if vae else None
         cfg = Path(config).expanduser() if config else None
         if cfg is not None and not (cfg / "model_index.json").is_file():
-            raise GeneratorError(f"config folder {cfg} has no model_index.json; give a local diffusers folder of the same family.")
+            raise GeneratorError(
+                f"config folder {cfg} has no model_index.json; give a local diffusers folder of the same family."
+            )
         if cfg is not None and self.source.kind == "single_file":
             _check_config_family(cfg, self.source)
         self.options = LoadOptions(
-            device=self.device, compute_dtype=compute, storage_dtype=storage, vae=vae_path, config=cfg,
-            offload=offload, compile=compile, allow_pickle=allow_pickle,
+            device=self.device,
+            compute_dtype=compute,
+            storage_dtype=storage,
+            vae=vae_path,
+            config=cfg,
+            offload=offload,
+            compile=compile,
+            allow_pickle=allow_pickle,
         )
         self.vae_tiling = vae_tiling
         self.attention_slicing = attention_slicing
@@ -583,9 +598,9 @@ class Generator:
         skipping names that are taken. Before any weights load, those paths are compared (as files on
         disk) with the run's inputs: the init image, the infotext file, the model, VAE and LoRA files.
         """
+        from ..a1111.infotext import plan_image_paths
         from ..errors import OutputPathError
         from ..fileio import check_outputs
-        from ..a1111.infotext import plan_image_paths
 
         out = Path(s.out_dir)
         if out.exists() and not out.is_dir():
@@ -690,7 +705,9 @@ class Generator:
         from .encode import count_chunks
 
         texts = (job.clean_positive, job.clean_negative)
-        return max(count_chunks(loaded.pipe.tokenizer, expand_embeddings(t, loaded.embeddings), emphasis=s.emphasis) for t in texts)
+        return max(
+            count_chunks(loaded.pipe.tokenizer, expand_embeddings(t, loaded.embeddings), emphasis=s.emphasis) for t in texts
+        )
 
     def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init) -> list:
         import torch
@@ -731,8 +748,9 @@ class Generator:
         w2 = int(s.width * s.hires_scale) // 8 * 8
         h2 = int(s.height * s.hires_scale) // 8 * 8
         latent = s.hires_upscaler == "latent"
-        first = loaded.pipe(width=s.width, height=s.height, num_inference_steps=s.steps,
-                            output_type="latent" if latent else "pil", **common)
+        first = loaded.pipe(
+            width=s.width, height=s.height, num_inference_steps=s.steps, output_type="latent" if latent else "pil", **common
+        )
         if latent:
             f = getattr(loaded.pipe, "vae_scale_factor", 8)
             image = torch.nn.functional.interpolate(first.images, size=(h2 // f, w2 // f), mode="bilinear", antialias=False)
@@ -752,8 +770,10 @@ class Generator:
 
         pipe = loaded.pipe
         if self.family == "sd3":
-            return dict(prompt=[_plain_text(j.clean_positive) for j in batch],
-                        negative_prompt=[_plain_text(j.clean_negative) for j in batch])
+            return dict(
+                prompt=[_plain_text(j.clean_positive) for j in batch],
+                negative_prompt=[_plain_text(j.clean_negative) for j in batch],
+            )
         from .encode import count_chunks, encode_prompt_a1111, encode_prompt_sdxl
 
         pos = [expand_embeddings(j.clean_positive, loaded.embeddings) for j in batch]
@@ -767,20 +787,34 @@ class Generator:
         if self.family != "sdxl" and s.clip_skip > layers:
             raise SettingsError(f"`--clip-skip` {s.clip_skip} skips more layers than this model's text encoder has ({layers}).")
         if self.family == "sdxl" and s.clip_skip > 1:
-            self._say(f"A1111 ignores Clip skip on SDXL (both text encoders use their penultimate layer); "
-                      f"Clip skip {s.clip_skip} is recorded but does not change the image.")
+            self._say(
+                f"A1111 ignores Clip skip on SDXL (both text encoders use their penultimate layer); "
+                f"Clip skip {s.clip_skip} is recorded but does not change the image."
+            )
 
         def enc(text: str):
             if text not in cache:
                 if self.family == "sdxl":
                     cache[text] = encode_prompt_sdxl(
-                        [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], text,
-                        clip_skip=1, emphasis=s.emphasis, device=device, dtype=dtype, pad_to_chunks=chunks,
+                        [pipe.tokenizer, pipe.tokenizer_2],
+                        [pipe.text_encoder, pipe.text_encoder_2],
+                        text,
+                        clip_skip=1,
+                        emphasis=s.emphasis,
+                        device=device,
+                        dtype=dtype,
+                        pad_to_chunks=chunks,
                     )
                 else:
                     cache[text] = encode_prompt_a1111(
-                        pipe.tokenizer, pipe.text_encoder, text, clip_skip=s.clip_skip, emphasis=s.emphasis,
-                        device=device, dtype=dtype, pad_to_chunks=chunks,
+                        pipe.tokenizer,
+                        pipe.text_encoder,
+                        text,
+                        clip_skip=s.clip_skip,
+                        emphasis=s.emphasis,
+                        device=device,
+                        dtype=dtype,
+                        pad_to_chunks=chunks,
                     )
             return cache[text]
 
@@ -789,7 +823,8 @@ class Generator:
                 p = [enc(t) for t in pos]
                 n = [enc(t) for t in neg]
                 return dict(
-                    prompt_embeds=torch.cat([e for e, _ in p]), pooled_prompt_embeds=torch.cat([q for _, q in p]),
+                    prompt_embeds=torch.cat([e for e, _ in p]),
+                    pooled_prompt_embeds=torch.cat([q for _, q in p]),
                     negative_prompt_embeds=torch.cat([e for e, _ in n]),
                     negative_pooled_prompt_embeds=torch.cat([q for _, q in n]),
                 )
@@ -848,13 +883,13 @@ class Generator:
                 p["Hires steps"] = s.hires_steps
             p["Hires upscaler"] = "Latent" if s.hires_upscaler == "latent" else "Lanczos"
         if job.loras:
-            p["Lora hashes"] = ", ".join(
-                f"{_clean_name(u.name)}: {self._file_hash(u.path, 'lora')}" for u in job.loras
-            )
+            p["Lora hashes"] = ", ".join(f"{_clean_name(u.name)}: {self._file_hash(u.path, 'lora')}" for u in job.loras)
         if self._loaded is not None and self._loaded.embeddings:
             used = [n for n in self._loaded.embeddings if n in job.clean_positive + "\n" + job.clean_negative]
             if used:
-                p["TI hashes"] = ", ".join(f"{_clean_name(n)}: {self._file_hash(self._loaded.embeddings[n][0], 'ti')}" for n in used)
+                p["TI hashes"] = ", ".join(
+                    f"{_clean_name(n)}: {self._file_hash(self._loaded.embeddings[n][0], 'ti')}" for n in used
+                )
         if s.emphasis != "Original":
             p["Emphasis"] = s.emphasis
         p["Version"] = f"tagloop {__version__}"

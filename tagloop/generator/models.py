@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +93,9 @@ def checkpoint_tensors(path: str | Path, allow_pickle: bool = False) -> dict[str
     if path.suffix.lower() == ".safetensors":
         return {k: v for k, v in safetensors_header(path).items() if k != "__metadata__"}
     if path.suffix.lower() == ".onnx":
-        raise ModelFileError(f"{path} is an ONNX model (a tagger, not a Stable Diffusion checkpoint); give a .safetensors checkpoint.")
+        raise ModelFileError(
+            f"{path} is an ONNX model (a tagger, not a Stable Diffusion checkpoint); give a .safetensors checkpoint."
+        )
     if path.suffix.lower() in PICKLE_EXTS:
         if not allow_pickle:
             raise ModelFileError(
@@ -102,7 +103,9 @@ def checkpoint_tensors(path: str | Path, allow_pickle: bool = False) -> dict[str
                 "convert it to .safetensors or pass --allow-pickle if you trust its source."
             )
         return _pickle_keys(path)
-    raise ModelFileError(f"{path} has an unknown extension {path.suffix!r}; give a .safetensors checkpoint or a diffusers folder.")
+    raise ModelFileError(
+        f"{path} has an unknown extension {path.suffix!r}; give a .safetensors checkpoint or a diffusers folder."
+    )
 
 
 def is_fp8(tensors: dict[str, dict]) -> bool:
@@ -118,9 +121,7 @@ def sd3_variant(tensors: dict[str, dict]) -> str:
     blocks and RMS q/k norms ``attn.ln_q``) or ``medium-3.0`` (SD3 medium: neither; a different
     transformer configuration from SD3.5 medium's).
     """
-    depth = 1 + max(
-        (int(m.group(1)) for k in tensors if (m := re.search(r"joint_blocks\.(\d+)\.", k))), default=-1
-    )
+    depth = 1 + max((int(m.group(1)) for k in tensors if (m := re.search(r"joint_blocks\.(\d+)\.", k))), default=-1)
     if depth >= 38:
         return "large"
     if any(".x_block.attn2." in k or ".attn.ln_q." in k for k in tensors):
@@ -167,8 +168,9 @@ def family_of_index(data: dict, folder: Path | None, where: str) -> str:
 # --- finding files -------------------------------------------------------------------------------
 
 
-def search_dirs(kind: str, explicit: Iterable[str | Path] = (), a1111_dir: str | Path | None = None,
-                comfyui_dir: str | Path | None = None) -> list[Path]:
+def search_dirs(
+    kind: str, explicit: Iterable[str | Path] = (), a1111_dir: str | Path | None = None, comfyui_dir: str | Path | None = None
+) -> list[Path]:
     """Folders searched for a ``kind`` (checkpoint, vae, lora, embedding): explicit ones first."""
     out = [Path(p).expanduser() for p in explicit if p]
     if a1111_dir:
@@ -192,7 +194,9 @@ def find_named_file(name: str, dirs: Iterable[Path], exts: tuple[str, ...] = CHE
             if (d / (name + ext)).is_file():
                 return d / (name + ext)
         matches = sorted(
-            p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in exts and (p.stem.lower() == wanted or p.name.lower() == wanted)
+            p
+            for p in d.rglob("*")
+            if p.is_file() and p.suffix.lower() in exts and (p.stem.lower() == wanted or p.name.lower() == wanted)
         )
         if matches:
             return matches[0]
@@ -253,7 +257,9 @@ def resolve_model(
 
     text = str(spec).strip()
     if not text:
-        raise ModelNotFoundError("`--model` is empty; give a checkpoint file, a diffusers folder, a name in your A1111/ComfyUI folders or a hub id.")
+        raise ModelNotFoundError(
+            "`--model` is empty; give a checkpoint file, a diffusers folder, a name in your A1111/ComfyUI folders or a hub id."
+        )
     path = Path(text).expanduser()
     if not path.exists():
         found = find_named_file(text, search_dirs("checkpoint", (), a1111_dir, comfyui_dir))
@@ -290,7 +296,9 @@ def resolve_vae(spec: str | Path, *, a1111_dir=None, comfyui_dir=None, allow_pic
         path = found
     if path.is_dir():
         if not ((path / "config.json").is_file() or (path / "vae" / "config.json").is_file()):
-            raise ModelFileError(f"{path} is a folder without config.json or vae/config.json; give a diffusers VAE folder or a VAE file.")
+            raise ModelFileError(
+                f"{path} is a folder without config.json or vae/config.json; give a diffusers VAE folder or a VAE file."
+            )
         return path
     kind = classify_keys(checkpoint_tensors(path, allow_pickle=allow_pickle))
     if kind in FAMILIES:
@@ -404,7 +412,9 @@ def resolve_dtype(dtype: str, device: str, source: ModelSource | None = None) ->
     if not on_cuda:
         if dtype == "fp8" or fp8_file:
             what = "`--dtype fp8`" if dtype == "fp8" else f"the FP8 checkpoint {source.name if source else ''}".rstrip()
-            raise GeneratorError(f"{what} needs a CUDA GPU (fp8 storage with bf16/fp16 compute); on CPU use an fp16/fp32 checkpoint with --dtype fp32.")
+            raise GeneratorError(
+                f"{what} needs a CUDA GPU (fp8 storage with bf16/fp16 compute); on CPU use an fp16/fp32 checkpoint with --dtype fp32."
+            )
         if dtype == "fp16":
             raise GeneratorError("`--dtype fp16` needs a CUDA GPU; on CPU use --dtype fp32 (or bf16).")
         return ("bf16" if dtype == "bf16" else "fp32"), None
@@ -621,8 +631,9 @@ def _config_words(source: ModelSource, options: LoadOptions, config_dir: Path | 
     return f"tagloop's packaged {PACKAGED_CONFIGS.get(key, key)} config"
 
 
-def _load_error(source: ModelSource, options: LoadOptions, config_dir: Path | None, error: BaseException,
-                vae: Path | None = None) -> ModelFileError:
+def _load_error(
+    source: ModelSource, options: LoadOptions, config_dir: Path | None, error: BaseException, vae: Path | None = None
+) -> ModelFileError:
     """A failed diffusers load as one sentence: which file, which family, which config did not fit.
 
     diffusers words a weight of the wrong shape as advice to pass ``low_cpu_mem_usage=False`` and
@@ -630,8 +641,11 @@ def _load_error(source: ModelSource, options: LoadOptions, config_dir: Path | No
     but the file lacks as a bare ``KeyError``. Both mean the file and the config are different models.
     """
     what = f"the VAE {vae}" if vae is not None else str(source.path or source.repo_id)
-    role = f"for an {family_words(source.family, source.variant)} model" if vae is not None else \
-        f"an {family_words(source.family, source.variant)} checkpoint"
+    role = (
+        f"for an {family_words(source.family, source.variant)} model"
+        if vae is not None
+        else f"an {family_words(source.family, source.variant)} checkpoint"
+    )
     config = _config_words(source, options, config_dir)
     if vae is not None:
         config = "its own config.json" if vae.is_dir() else f"the VAE of {config}"
@@ -645,14 +659,12 @@ def _load_error(source: ModelSource, options: LoadOptions, config_dir: Path | No
     if mismatch is not None:
         name, expected, got = mismatch.groups()
         return ModelFileError(
-            f"{what} ({role}) does not fit {config}: {name} is {got} in the file but "
-            f"{expected} in the config; {fix}."
+            f"{what} ({role}) does not fit {config}: {name} is {got} in the file but {expected} in the config; {fix}."
         )
     if isinstance(error, KeyError):
         missing = error.args[0] if error.args else text
         return ModelFileError(
-            f"{what} ({role}) does not fit {config}: the config needs the tensor {missing} "
-            f"that the file does not have; {fix}."
+            f"{what} ({role}) does not fit {config}: the config needs the tensor {missing} that the file does not have; {fix}."
         )
     first = text.splitlines()[0] if text else type(error).__name__
     return ModelFileError(f"loading {what} ({role}) with {config} failed: {first}")
@@ -696,7 +708,9 @@ def _place(loaded: LoadedModel, options: LoadOptions) -> None:
     pipe = loaded.pipe
     if options.storage_dtype == "fp8":
         # fp8 storage, compute in the pipeline dtype: diffusers layerwise casting (needs CUDA)
-        loaded.denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype(options.compute_dtype))
+        loaded.denoiser.enable_layerwise_casting(
+            storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype(options.compute_dtype)
+        )
     on_cuda = options.device.startswith("cuda")
     if on_cuda and options.offload == "model":
         pipe.enable_model_cpu_offload(device=options.device)
@@ -820,7 +834,9 @@ def load_embeddings(loaded: LoadedModel, found: dict[str, Path]) -> None:
                 if not isinstance(sd, dict) or "clip_l" not in sd or "clip_g" not in sd:
                     raise ValueError("an SDXL embedding needs clip_l and clip_g tensors")
                 pipe.load_textual_inversion(sd["clip_l"], token=name, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-                pipe.load_textual_inversion(sd["clip_g"], token=name, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+                pipe.load_textual_inversion(
+                    sd["clip_g"], token=name, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+                )
                 vectors = sd["clip_l"].shape[0] if sd["clip_l"].ndim == 2 else 1
             else:
                 tensor = _embedding_tensor(sd)

@@ -144,12 +144,23 @@ def build_tiny_pipeline(
         torch.manual_seed(seed + 2)
         te = CLIPTextModel(_clip_config(32))
         sched = DDIMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-            set_alpha_to_one=False, steps_offset=1,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
         )
         return StableDiffusionPipeline(
-            unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
-            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+            unet=unet,
+            vae=vae,
+            text_encoder=te,
+            tokenizer=tok,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
         )
     if family == "sdxl":
         from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -174,12 +185,22 @@ def build_tiny_pipeline(
         torch.manual_seed(seed + 3)
         te2 = CLIPTextModelWithProjection(_clip_config(64, projection=32, act="gelu"))
         sched = EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
             timestep_spacing="leading",
         )
         return StableDiffusionXLPipeline(
-            unet=unet, vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
-            scheduler=sched, image_encoder=None, feature_extractor=None,
+            unet=unet,
+            vae=vae,
+            text_encoder=te,
+            text_encoder_2=te2,
+            tokenizer=tok,
+            tokenizer_2=tok,
+            scheduler=sched,
+            image_encoder=None,
+            feature_extractor=None,
         )
     if family == "sd3":
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
@@ -211,8 +232,15 @@ def build_tiny_pipeline(
         te2 = CLIPTextModelWithProjection(_clip_config(48, projection=32, act="gelu"))
         sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
         return StableDiffusion3Pipeline(
-            transformer=transformer, vae=vae, text_encoder=te, text_encoder_2=te2, text_encoder_3=None,
-            tokenizer=tok, tokenizer_2=tok, tokenizer_3=None, scheduler=sched,
+            transformer=transformer,
+            vae=vae,
+            text_encoder=te,
+            text_encoder_2=te2,
+            text_encoder_3=None,
+            tokenizer=tok,
+            tokenizer_2=tok,
+            tokenizer_3=None,
+            scheduler=sched,
         )
     raise ValueError(f"`family` must be one of sd1, sdxl, sd3, not {family!r}.")
 
@@ -311,7 +339,7 @@ def vae_to_ldm(state_dict: dict, config: dict, prefix: str = "first_stage_model.
             sub = rest[len("mid_block.attentions.0.") :]
             for a, b in _VAE_ATTN.items():
                 if sub.startswith(a + "."):
-                    new = f"{part}.mid.attn_1.{b}.{sub[len(a) + 1:]}"
+                    new = f"{part}.mid.attn_1.{b}.{sub[len(a) + 1 :]}"
                     if b in ("q", "k", "v", "proj_out") and sub.endswith("weight") and v.ndim == 2:
                         v = v[:, :, None, None]
             assert new is not None, k
@@ -329,7 +357,7 @@ def vae_to_ldm(state_dict: dict, config: dict, prefix: str = "first_stage_model.
             else:  # downsamplers.0.conv / upsamplers.0.conv
                 new = f"{part}.{blk}.{'downsample' if kind == 'down_blocks' else 'upsample'}.{rest2.split('.', 1)[1]}"
         elif rest.startswith("conv_norm_out."):
-            new = f"{part}.norm_out.{rest[len('conv_norm_out.'):]}"
+            new = f"{part}.norm_out.{rest[len('conv_norm_out.') :]}"
         else:  # conv_in, conv_out, quant_conv, post_quant_conv
             new = k
         out[prefix + new] = v
@@ -565,8 +593,18 @@ def save_tiny_lora(pipe, path: str | Path, rank: int = 2, alpha: float = 1.0, se
         sd[f"{name}.alpha"] = torch.tensor(float(alpha))
 
     for mname, module in pipe.unet.named_modules():
-        if mname.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
-                           "attn2.to_v", "attn2.to_out.0")):
+        if mname.endswith(
+            (
+                "attn1.to_q",
+                "attn1.to_k",
+                "attn1.to_v",
+                "attn1.to_out.0",
+                "attn2.to_q",
+                "attn2.to_k",
+                "attn2.to_v",
+                "attn2.to_out.0",
+            )
+        ):
             add("lora_unet_" + mname.replace(".", "_"), module)
     for mname, module in pipe.text_encoder.named_modules():
         if mname.endswith(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")):

@@ -126,8 +126,8 @@ def save_demo_deepdanbooru(
         build_net,
         save_deepdanbooru_safetensors,
     )
-    from ..testing.taggers import make_random_state_dict, tiny_tag_names
     from ..tagger.preprocess import deepdanbooru_a1111
+    from ..testing.taggers import make_random_state_dict, tiny_tag_names
 
     sd = make_random_state_dict(DeepDanbooruWidths.tiny(num_tags), seed=seed)
     net = build_net(sd)

@@ -257,7 +257,11 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
     warnings: list[str] = []
 
     tags = list(result.tags)
-    if eff.keep_rating and result.rating and not any(t.category == "rating" or canonical(t.name).startswith("rating:") for t in tags):
+    if (
+        eff.keep_rating
+        and result.rating
+        and not any(t.category == "rating" or canonical(t.name).startswith("rating:") for t in tags)
+    ):
         top = max(result.rating, key=result.rating.__getitem__)
         tags.append(TagScore(f"rating:{top}", float(result.rating[top]), "rating"))
     kept, log = apply_filters(tags, eff)
@@ -286,14 +290,18 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
         key = canonical(tag.name)
         if key in seen:
             kind = seen[key].replace("_", " ")
-            removals.append(Removal(tag.name, "compose", f"already in the prompt as a {kind}", "removed", tag.score, tag.category))
+            removals.append(
+                Removal(tag.name, "compose", f"already in the prompt as a {kind}", "removed", tag.score, tag.category)
+            )
             continue
         seen[key] = "tag"
         weight = weights.get(key, _tag_weight(tag, str(eff.emphasis), eff.emphasis_range))
         if weight is not None and abs(weight - 1.0) < 0.005:
             weight = None
         parts.append(
-            PromptPart(_weighted(policy.format(tag.name), weight), "tag", "tagger", key, tag.score, tag.category, weight, key in pins)
+            PromptPart(
+                _weighted(policy.format(tag.name), weight), "tag", "tagger", key, tag.score, tag.category, weight, key in pins
+            )
         )
     for lora in eff.loras:
         parts.append(PromptPart(lora.tag(), "lora", f"lora:{lora.name}", weight=lora.weight))
@@ -306,7 +314,9 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
         if key and key not in neg_seen:
             neg_seen.add(key)
             negative_parts.append(
-                PromptPart(text, "negative", source, key if tag else None, tag.score if tag else None, tag.category if tag else None)
+                PromptPart(
+                    text, "negative", source, key if tag else None, tag.score if tag else None, tag.category if tag else None
+                )
             )
 
     neg_name = str(eff.negative_preset)
@@ -338,9 +348,12 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
             dropped.append(p.tag or p.text)
             removals.append(
                 Removal(
-                    p.tag or p.text, "budget",
+                    p.tag or p.text,
+                    "budget",
                     f"prompt had {before} CLIP tokens, over the budget of {budget}; lowest-scoring tags go first",
-                    "removed", p.score, p.category,
+                    "removed",
+                    p.score,
+                    p.category,
                 )
             )
         parts = [p for j, p in enumerate(parts) if j not in removed_idx]

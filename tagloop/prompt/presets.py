@@ -45,7 +45,7 @@ class LoraSpec:
         return f"<lora:{self.name}:{self.weight:g}>"
 
     @classmethod
-    def parse(cls, text: str) -> "LoraSpec":
+    def parse(cls, text: str) -> LoraSpec:
         """``NAME[:WEIGHT][=trigger, trigger]`` -> LoraSpec, e.g. ``ace_step:0.8=ace_step style``."""
         head, _, triggers = text.partition("=")
         name, _, weight = head.strip().partition(":")
@@ -126,7 +126,7 @@ def _parse_preset(name: str, data: dict[str, Any], path: Any, base: PromptPreset
             values[key] = value
         elif key == "replace":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-                raise PresetError(f"{where}: `replace` must be a table of old = \"new\".", path)
+                raise PresetError(f'{where}: `replace` must be a table of old = "new".', path)
             values[key] = preset.replace + tuple(value.items())
         elif key == "loras":
             if not isinstance(value, list):
@@ -164,7 +164,10 @@ def _read_toml_resource(name: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def builtin_presets() -> dict[str, PromptPreset]:
     """The presets of ``tagloop/data/prompt_presets.toml``, by name."""
-    return {name: _parse_preset(name, body, "prompt_presets.toml") for name, body in _read_toml_resource("prompt_presets.toml").items()}
+    return {
+        name: _parse_preset(name, body, "prompt_presets.toml")
+        for name, body in _read_toml_resource("prompt_presets.toml").items()
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,7 +197,7 @@ def read_preset_file(path: str | Path) -> PromptPreset:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise PresetError(f"not a readable TOML preset ({e}).", path) from None
     if len(data) == 1 and isinstance(next(iter(data.values())), dict) and next(iter(data)) not in _KEYS:
-        (name, body), = data.items()
+        ((name, body),) = data.items()
     else:
         name, body = str(data.get("name") or path.stem), data
     base = None

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..a1111.chunking import CHUNK_LENGTH, PromptChunk, chunk_text, tokenize_prompt
-from ..a1111.prompt_parser import parse_prompt_attention, strip_extra_networks
 from ..a1111.clip_bpe import PACKAGED_BPE, clip_vocab, read_bpe_merges
+from ..a1111.prompt_parser import parse_prompt_attention, strip_extra_networks
 
 __all__ = [
     "CHUNK_LENGTH",
@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 _COMMA = -1  # the comma id of the estimate counter
-
 
 
 class TokenizerError(RuntimeError):
@@ -256,7 +255,9 @@ def _load_counter(spec: str) -> TokenCounter:
     except Exception as e:  # transformers raises many types for a bad folder
         raise TokenizerError(f"cannot load a CLIP tokenizer from {str(folder)!r} ({type(e).__name__}: {e}).") from None
     if ",</w>" not in tok.get_vocab():
-        raise TokenizerError(f"{str(folder)!r} is not a CLIP BPE tokenizer (its vocabulary has no `,</w>`); counts would be wrong.")
+        raise TokenizerError(
+            f"{str(folder)!r} is not a CLIP BPE tokenizer (its vocabulary has no `,</w>`); counts would be wrong."
+        )
     return ClipTokenCounter(tok, f"clip:{folder.name or folder}")
 
 

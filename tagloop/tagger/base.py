@@ -141,8 +141,7 @@ def check_one_model(path: Path) -> None:
     if len({"onnx" if name == "wd-timm" else name for name in found}) <= 1:
         return
     files = sorted(
-        p.name for p in path.iterdir()
-        if p.is_file() and p.suffix.lower() in (".onnx", ".pt", ".pth", ".ckpt", ".safetensors")
+        p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".onnx", ".pt", ".pth", ".ckpt", ".safetensors")
     )
     raise ModelFileError(
         f"{path} holds several tagger models ({', '.join(files)}: {', '.join(found)}); "

@@ -27,7 +27,7 @@ import gc
 import json
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
@@ -138,12 +138,12 @@ class DeepDanbooruWidths:
             raise ValueError(f"widths must be positive, got {self}.")
 
     @classmethod
-    def full(cls, num_tags: int = FULL_NUM_TAGS) -> "DeepDanbooruWidths":
+    def full(cls, num_tags: int = FULL_NUM_TAGS) -> DeepDanbooruWidths:
         """The released model's widths (KDD filters [256, 512, 1024, 1024, 2048, 4096])."""
         return cls(num_tags=num_tags)
 
     @classmethod
-    def tiny(cls, num_tags: int = 32) -> "DeepDanbooruWidths":
+    def tiny(cls, num_tags: int = 32) -> DeepDanbooruWidths:
         """Small widths for tests and demos (stem 8, stages 16..64, inner = out / 4)."""
         stages = (16, 16, 32, 32, 32, 64)
         return cls(stem=8, stages=stages, inner=tuple(w // 4 for w in stages), num_tags=num_tags)
@@ -170,12 +170,11 @@ class DeepDanbooruWidths:
         return table
 
 
-
 # --------------------------------------------------------------------------------------------
 # The network (torch is imported on first use, so importing this module stays light)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _net_class() -> type:
     import torch
     import torch.nn.functional as F
@@ -199,20 +198,18 @@ def _net_class() -> type:
             shapes = self.widths.expected_shapes()
             for i in range(HEAD_INDEX + 1):
                 out, cin, kh, kw = shapes[f"n_Conv_{i}.weight"]
-                conv = nn.Conv2d(
-                    cin, out, (kh, kw), stride=strides.get(i, 1), bias=i != HEAD_INDEX, device=device, dtype=dtype
-                )
+                conv = nn.Conv2d(cin, out, (kh, kw), stride=strides.get(i, 1), bias=i != HEAD_INDEX, device=device, dtype=dtype)
                 setattr(self, f"n_Conv_{i}", conv)
 
         @classmethod
-        def full(cls, num_tags: int = FULL_NUM_TAGS, device: Any = None, dtype: Any = None) -> "DeepDanbooruNet":
+        def full(cls, num_tags: int = FULL_NUM_TAGS, device: Any = None, dtype: Any = None) -> DeepDanbooruNet:
             """The released model's architecture (160,956,544 parameters at 9,176 tags)."""
             return cls(DeepDanbooruWidths.full(num_tags), device=device, dtype=dtype)
 
         @classmethod
         def from_state_dict(
             cls, state_dict: Mapping[str, Any], source: str = "state dict", device: Any = "meta", dtype: Any = None
-        ) -> "DeepDanbooruNet":
+        ) -> DeepDanbooruNet:
             """An unloaded net shaped for ``state_dict`` (checked key by key; :class:`ModelFileError` on a mismatch).
 
             Built on the meta device by default; fill it with ``load_state_dict(sd, assign=True)``.
@@ -281,9 +278,7 @@ def widths_from_state_dict(state_dict: Mapping[str, Any], source: str = "state d
                 f"(A1111's {A1111_FILENAME} layout)."
             )
         if len(_shape(state_dict[key])) != 4:
-            raise ModelFileError(
-                f"{source}: key {key!r} has shape {_shape(state_dict[key])}, expected a 4-d convolution weight."
-            )
+            raise ModelFileError(f"{source}: key {key!r} has shape {_shape(state_dict[key])}, expected a 4-d convolution weight.")
     widths = DeepDanbooruWidths(
         stem=_shape(state_dict[f"n_Conv_{STEM_INDEX}.weight"])[0],
         stages=tuple(_shape(state_dict[f"n_Conv_{s.first_block[2]}.weight"])[0] for s in STAGES),
@@ -398,7 +393,8 @@ def _say_choice(folder: Path, chosen: Path) -> None:
     """A1111's file name wins in a folder; say so when other DeepDanbooru files are beside it."""
     try:
         others = [
-            p.name for p in sorted(folder.iterdir())
+            p.name
+            for p in sorted(folder.iterdir())
             if p != chosen and p.is_file() and p.suffix.lower() in TORCH_SUFFIXES + (".safetensors",) and _file_is_deepdanbooru(p)
         ]
     except OSError:
@@ -466,7 +462,7 @@ def _parse_tag_list(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def read_deepdanbooru_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, "torch.Tensor"], list[str] | None]:
+def read_deepdanbooru_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """Tensors and the embedded tag list (None when the file has none) of a ``.pt``/``.safetensors`` file.
 
     Torch files are read with ``weights_only=True`` (memory-mapped when zip-format) unless
@@ -493,7 +489,9 @@ def read_deepdanbooru_file(path: str | Path, allow_pickle: bool = False) -> tupl
                 raise ModelFileError(f"{path}: metadata key 'tags' is not a JSON list of tag names.") from None
         return sd, tags
     if suffix not in TORCH_SUFFIXES:
-        raise ModelFileError(f"{path}: DeepDanbooru weights must be .pt, .pth, .ckpt or .safetensors, not {suffix or 'no extension'!r}.")
+        raise ModelFileError(
+            f"{path}: DeepDanbooru weights must be .pt, .pth, .ckpt or .safetensors, not {suffix or 'no extension'!r}."
+        )
     obj = _torch_load(path, allow_pickle)
     if not isinstance(obj, Mapping):
         raise ModelFileError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict) plus `tags`.")
@@ -505,9 +503,7 @@ def read_deepdanbooru_file(path: str | Path, allow_pickle: bool = False) -> tupl
     return sd, tags
 
 
-def _resolve_tags(
-    model_file: Path, embedded: list[str] | None, tags_file: Path | None
-) -> tuple[list[str], list[str], str]:
+def _resolve_tags(model_file: Path, embedded: list[str] | None, tags_file: Path | None) -> tuple[list[str], list[str], str]:
     """Tags, categories and where they came from: ``tags_file`` > embedded > a label file beside the model."""
     if tags_file is None and embedded is not None:
         return embedded, [category_of(t) for t in embedded], str(model_file)
@@ -524,7 +520,7 @@ def _resolve_tags(
     return tags, cats, str(label)
 
 
-def save_deepdanbooru_safetensors(state_dict: Mapping[str, "torch.Tensor"], tags: Sequence[str], path: str | Path) -> Path:
+def save_deepdanbooru_safetensors(state_dict: Mapping[str, torch.Tensor], tags: Sequence[str], path: str | Path) -> Path:
     """Write weights and tags (JSON list in the metadata key ``"tags"``) as ``.safetensors``; validated first."""
     from safetensors.torch import save_file
 
@@ -593,7 +589,7 @@ def parse_input_size(value: Any) -> tuple[int, int]:
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def _compute_dtype(device: str, dtype: str) -> "torch.dtype":
+def _compute_dtype(device: str, dtype: str) -> torch.dtype:
     import torch
 
     if dtype == "auto":
@@ -691,7 +687,7 @@ def _project_input_size(model_file: Path) -> tuple[int, int] | None:
         return None
 
 
-def build_net(state_dict: Mapping[str, "torch.Tensor"], device: str = "cpu", dtype: Any = None, source: str = "state dict") -> Any:
+def build_net(state_dict: Mapping[str, torch.Tensor], device: str = "cpu", dtype: Any = None, source: str = "state dict") -> Any:
     """A validated :class:`DeepDanbooruNet` holding ``state_dict``, in eval mode, on ``device``/``dtype``."""
     import torch
 
@@ -718,7 +714,9 @@ def load_deepdanbooru(path: str | Path, options: LoadOptions | None = None) -> D
     size = parse_input_size(input_size) if input_size is not None else (_project_input_size(model_file) or parse_input_size(None))
     device = resolve_device(options.device)
     if options.require_gpu and not device.startswith("cuda"):
-        raise GPUUnavailableError("`require_gpu` is set but DeepDanbooru would run on the CPU; set `device` to auto or cuda on a GPU machine, or drop `require_gpu`.")
+        raise GPUUnavailableError(
+            "`require_gpu` is set but DeepDanbooru would run on the CPU; set `device` to auto or cuda on a GPU machine, or drop `require_gpu`."
+        )
     dtype = _compute_dtype(device, options.dtype)
     sd, embedded = read_deepdanbooru_file(model_file, allow_pickle=options.allow_pickle)
     widths = widths_from_state_dict(sd, str(model_file))

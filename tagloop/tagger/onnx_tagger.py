@@ -616,8 +616,22 @@ def load_onnx_tagger(path: Path, options: LoadOptions | None = None) -> OnnxTagg
 # --------------------------------------------------------------------------------------------
 
 _GENERAL_NAMES = [
-    "1girl", "solo", "long_hair", "smile", "blue_eyes", "open_mouth", "short_hair", "blush", "skirt",
-    "simple_background", "white_background", "looking_at_viewer", "hat", "holding", "^_^", "school_uniform",
+    "1girl",
+    "solo",
+    "long_hair",
+    "smile",
+    "blue_eyes",
+    "open_mouth",
+    "short_hair",
+    "blush",
+    "skirt",
+    "simple_background",
+    "white_background",
+    "looking_at_viewer",
+    "hat",
+    "holding",
+    "^_^",
+    "school_uniform",
 ]
 _CHARACTER_NAMES = ["hatsune_miku", "hakurei_reimu", "kirisame_marisa", "ganyu_(genshin_impact)", "saber_(fate)"]
 WD14_RATINGS = ["general", "sensitive", "questionable", "explicit"]

@@ -19,9 +19,9 @@ from dataclasses import astuple
 from pathlib import Path
 
 from ..devices import guess_device
-from ..layouts import A1111_DEEPDANBOORU_FILE, A1111_DIRS, COMFYUI_DIRS
 from ..hub import HubError, download_folder, looks_like_repo_id
-from .base import GPUUnavailableError, check_one_model, LoadOptions, ModelNotFoundError, Tagger, TaggerError, load_tagger
+from ..layouts import A1111_DEEPDANBOORU_FILE, A1111_DIRS, COMFYUI_DIRS
+from .base import GPUUnavailableError, LoadOptions, ModelNotFoundError, Tagger, TaggerError, check_one_model, load_tagger
 
 #: The default ``--model`` (configurable with ``model = ...`` in tagloop.toml).
 DEFAULT_MODEL = "SmilingWolf/wd-swinv2-tagger-v3"
@@ -158,7 +158,9 @@ def get_tagger(
             if options.tensorrt and (tagger.backend != "onnx" or not str(tagger.device).startswith("cuda")):
                 from ..notices import notice
 
-                notice(f"`tensorrt` (--tensorrt) ignored: TensorRT runs ONNX models on CUDA, and this tagger is {tagger.describe()}.")
+                notice(
+                    f"`tensorrt` (--tensorrt) ignored: TensorRT runs ONNX models on CUDA, and this tagger is {tagger.describe()}."
+                )
             _CACHE[key] = tagger
         return tagger
 

@@ -89,7 +89,7 @@ class TagResult:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TagResult":
+    def from_json(cls, data: dict[str, Any]) -> TagResult:
         return cls(
             path=data.get("path", ""),
             tags=[TagScore(t["name"], float(t["score"]), t.get("category", "general")) for t in data.get("tags", [])],

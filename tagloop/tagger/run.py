@@ -236,7 +236,9 @@ def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) 
     return [build_result(tagger, p.path, row, p.density, options) for p, row in zip(batch, probs)]
 
 
-def tag_image(tagger: Tagger, image: ImageSource | Image.Image, options: TagOptions | None = None, name: str | None = None) -> TagResult:
+def tag_image(
+    tagger: Tagger, image: ImageSource | Image.Image, options: TagOptions | None = None, name: str | None = None
+) -> TagResult:
     """Tag one image; raises :class:`ImageDecodeError` when it cannot be decoded."""
     result = next(tag_sources(tagger, [image], options, names=[name] if name else None))
     if result.error is not None:

@@ -92,9 +92,7 @@ def parse_bands(text: str) -> tuple[Band, ...]:
 
 
 def format_bands(bands: Sequence[Band]) -> str:
-    return ", ".join(
-        f"{b.name}={b.threshold:g}" if b.upper is None else f"{b.name}={b.upper:g}:{b.threshold:g}" for b in bands
-    )
+    return ", ".join(f"{b.name}={b.threshold:g}" if b.upper is None else f"{b.name}={b.upper:g}:{b.threshold:g}" for b in bands)
 
 
 def mcut_threshold(probs: np.ndarray) -> float:

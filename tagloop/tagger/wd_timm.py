@@ -94,7 +94,9 @@ def read_timm_config(path: Path) -> TimmConfig:
     folder = _model_folder(path)
     file = (folder / CONFIG_NAME) if folder is not None else Path(path)
     if not file.is_file():
-        raise ModelNotFoundError(f"No {CONFIG_NAME} in {path}; a WD v3 timm folder holds config.json, model.safetensors and selected_tags.csv.")
+        raise ModelNotFoundError(
+            f"No {CONFIG_NAME} in {path}; a WD v3 timm folder holds config.json, model.safetensors and selected_tags.csv."
+        )
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -312,7 +314,9 @@ class WdTimmTagger(Tagger):
                 outs.append(torch.sigmoid(logits.float()).cpu())
         probs = torch.cat(outs).numpy()
         if probs.shape != (len(batch), len(self.tags)):
-            raise ModelFileError(f"{self.folder} returned scores of shape {probs.shape}, expected ({len(batch)}, {len(self.tags)}).")
+            raise ModelFileError(
+                f"{self.folder} returned scores of shape {probs.shape}, expected ({len(batch)}, {len(self.tags)})."
+            )
         return probs.astype(np.float32, copy=False)
 
     def close(self) -> None:
@@ -398,7 +402,9 @@ def load_wd_timm(path: Path, options: LoadOptions | None = None) -> WdTimmTagger
 
     device = resolve_device(options.device)
     if options.require_gpu and not device.startswith("cuda"):
-        raise GPUUnavailableError(f"`require_gpu` is set but {folder} would run on the CPU; set `device` to cuda on a GPU machine.")
+        raise GPUUnavailableError(
+            f"`require_gpu` is set but {folder} would run on the CPU; set `device` to cuda on a GPU machine."
+        )
     dtype = _pick_dtype(options, device)
 
     model = _create_model(config, cfg_file)
@@ -503,8 +509,14 @@ def save_tiny_wd_v3_timm(
     folder.mkdir(parents=True, exist_ok=True)
     if model_args is None:
         model_args = dict(
-            img_size=img_size, embed_dim=32, depth=1, num_heads=2,
-            class_token=False, global_pool="avg", fc_norm=False, act_layer="gelu_tanh",
+            img_size=img_size,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            class_token=False,
+            global_pool="avg",
+            fc_norm=False,
+            act_layer="gelu_tanh",
         )
     num_classes = 4 + num_general + num_character
     with torch.random.fork_rng(devices=[]):

@@ -49,13 +49,15 @@ def tiny_tag_names(num_tags: int) -> list[str]:
     return names + list(RATING_TAGS)
 
 
-def _calibration_images(generator: "torch.Generator", size: int) -> "torch.Tensor":
+def _calibration_images(generator: torch.Generator, size: int) -> torch.Tensor:
     """Two unlike NHWC images in 0..1: uniform noise and smooth colour gradients with a block."""
     import torch
 
     noise = torch.rand((size, size, 3), generator=generator)
     ramp = torch.linspace(0, 1, size)
-    smooth = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), 1 - ramp[None, :].expand(size, size)], dim=-1)
+    smooth = torch.stack(
+        [ramp[None, :].expand(size, size), ramp[:, None].expand(size, size), 1 - ramp[None, :].expand(size, size)], dim=-1
+    )
     smooth = smooth.clone()
     smooth[size // 4 : size // 2, size // 4 : size // 2] = torch.tensor([0.9, 0.2, 0.3])
     return torch.stack([noise, smooth])
@@ -67,7 +69,7 @@ def make_random_state_dict(
     seed: int = 0,
     full: bool = False,
     calibration_size: int = 128,
-) -> dict[str, "torch.Tensor"]:
+) -> dict[str, torch.Tensor]:
     """A seeded random fp32 state dict with the real key layout; tiny widths unless ``full`` or ``widths``.
 
     Scaled layer by layer on two calibration images (every conv's output centred with unit spread,
@@ -96,7 +98,7 @@ def make_random_state_dict(
     def calibrate(index: int):
         gain = 0.5 if index in expands else 1.0
 
-        def hook(module: Any, inputs: tuple, output: "torch.Tensor") -> "torch.Tensor":
+        def hook(module: Any, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             bias = module.bias
             out = output if bias is None else output - bias[None, :, None, None]
             scale = gain / (float(out.double().std()) or 1.0)
