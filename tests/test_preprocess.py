@@ -196,8 +196,20 @@ def _noise(w: int, h: int, seed: int = 0, alpha: bool = False) -> Image.Image:
 
 @pytest.mark.parametrize(
     "w, h, size",
-    [(300, 200, 448), (512, 768, 448), (1000, 999, 448), (2000, 50, 448), (50, 2000, 448), (1080, 2340, 448),
-     (600, 200, 64), (200, 600, 64), (90, 40, 64), (72, 100, 64), (500, 100, 448), (7, 3, 448)],
+    [
+        (300, 200, 448),
+        (512, 768, 448),
+        (1000, 999, 448),
+        (2000, 50, 448),
+        (50, 2000, 448),
+        (1080, 2340, 448),
+        (600, 200, 64),
+        (200, 600, 64),
+        (90, 40, 64),
+        (72, 100, 64),
+        (500, 100, 448),
+        (7, 3, 448),
+    ],
 )
 def test_wd14_matches_the_full_square_exactly_on_ordinary_images(w, h, size):
     """Without building the square, the output is bit-identical to padding then resizing it."""
@@ -213,6 +225,17 @@ def test_wd14_long_strips_stay_within_one_level_of_the_full_square(w, h):
     ours, ref = wd14(img, 64).astype(int), _wd14_on_the_full_square(img, 64).astype(int)
     diff = np.abs(ours - ref)
     assert diff.max() <= 1 and (diff > 0).sum() <= 16, (diff.max(), (diff > 0).sum())
+
+
+def test_wd14_very_long_narrow_strips_resampled_transposed_stay_within_two_levels(monkeypatch):
+    """Past the band's work limit a tall strip is resampled transposed (pass order swapped)."""
+    import tagloop.tagger.preprocess as pp
+
+    monkeypatch.setattr(pp, "_BAND_TAPS_MAX", 0)
+    for w, h in ((20, 1500), (3, 1600), (31, 2000)):
+        img = _noise(w, h, seed=w * h)
+        diff = np.abs(wd14(img, 64).astype(int) - _wd14_on_the_full_square(img, 64).astype(int))
+        assert diff.max() <= 2, (w, h, diff.max())
 
 
 _PEAK_PROBE = r"""
@@ -282,9 +305,7 @@ def test_long_strip_preprocessing_memory_follows_the_image_not_its_square(tmp_pa
         Image.fromarray(np.ascontiguousarray(a), "RGB").save(paths[-1], compress_level=1)
     decoded = w * h * 3  # 12 MB
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _PEAK_PROBE, *paths], capture_output=True, text=True, timeout=120, env=env
-    )
+    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, *paths], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert len(report) == 6

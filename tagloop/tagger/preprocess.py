@@ -9,7 +9,10 @@
 * :func:`deepdanbooru_kdd` follows KichangKim's evaluator: area resize keeping the aspect ratio,
   edge-replicated padding (integer centring; the original centres with a sub-pixel affine).
 * :func:`wd14` is SmilingWolf's reference app: alpha on white, white square pad, bicubic resize
-  only when the side differs, RGB -> BGR.
+  only when the side differs, RGB -> BGR. The square is never built at full resolution (a
+  40000 x 100 strip would need a 40000 x 40000 one): the resize is done in Pillow's two passes on
+  the content and on the rows or columns whose filter reaches it, and everything else is the
+  resampled white (see :func:`wd14`), so memory follows the image and the model size.
 
 Every function returns uint8 ``(H, W, 3)``; the model scales it.
 """
@@ -17,6 +20,7 @@ Every function returns uint8 ``(H, W, 3)``; the model scales it.
 from __future__ import annotations
 
 import io
+import math
 import threading
 import warnings
 from pathlib import Path
@@ -146,7 +150,7 @@ def _lanczos(img: Image.Image, w: int, h: int) -> Image.Image:
 
 def deepdanbooru_a1111(img: Image.Image, width: int = 512, height: int = 512) -> np.ndarray:
     """AUTOMATIC1111's DeepBooru input: resize-and-fill (mode 2), uint8 RGB ``(height, width, 3)``."""
-    im = img.convert("RGB")  # A1111 drops alpha without compositing
+    im = img if img.mode == "RGB" else img.convert("RGB")  # A1111 drops alpha without compositing
     ratio = width / height
     src_ratio = im.width / im.height
     src_w = width if ratio < src_ratio else im.width * height // im.height
@@ -170,7 +174,7 @@ def deepdanbooru_a1111(img: Image.Image, width: int = 512, height: int = 512) ->
 
 def deepdanbooru_kdd(img: Image.Image, width: int = 512, height: int = 512) -> np.ndarray:
     """KichangKim's evaluator input: area resize into the box keeping aspect, edge padding, RGB uint8."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)  # no extra copy of RGB input
     h, w = arr.shape[:2]
     scale = min(width / w, height / h)
     nw, nh = max(1, min(width, int(round(w * scale)))), max(1, min(height, int(round(h * scale))))
@@ -182,16 +186,147 @@ def deepdanbooru_kdd(img: Image.Image, width: int = 512, height: int = 512) -> n
 
 
 def wd14(img: Image.Image, size: int = 448) -> np.ndarray:
-    """SmilingWolf's WD14 input: alpha on white, white square pad, bicubic to ``size``, BGR uint8."""
+    """SmilingWolf's WD14 input: alpha on white, white square pad, bicubic to ``size``, BGR uint8.
+
+    Equivalent to pasting the image centred on a white ``max(w, h)`` square and resizing that with
+    Pillow's bicubic filter, without allocating the square; see :func:`_wd14_square_resize`.
+    """
     if has_alpha(img):
         canvas = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        canvas.alpha_composite(img.convert("RGBA"))
+        canvas.alpha_composite(img if img.mode == "RGBA" else img.convert("RGBA"))
         rgb = canvas.convert("RGB")
+        del canvas
     else:  # compositing an opaque image on white changes nothing: skip the work
-        rgb = img.convert("RGB")
-    side = max(rgb.size)
-    padded = Image.new("RGB", (side, side), (255, 255, 255))
-    padded.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
-    if side != size:
-        padded = padded.resize((size, size), resample=Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(padded, dtype=np.uint8)[:, :, ::-1])
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+    arr = _wd14_square_resize(rgb, size)
+    return np.ascontiguousarray(arr[:, :, ::-1])
+
+
+_BICUBIC = Image.Resampling.BICUBIC
+_WHITE = (255, 255, 255)
+#: Rows of a padded strip handed to Pillow at once (times its width: about 1M pixels, 4 MB).
+_CHUNK_PIXELS = 1 << 20
+#: Filter taps (outputs x support x rows) past which a tall strip's band is not worth it (~0.5 s).
+_BAND_TAPS_MAX = 1 << 27
+
+
+def _wd14_square_resize(rgb: Image.Image, size: int) -> np.ndarray:
+    """``rgb`` centred on a white square of side ``max(w, h)``, bicubic to ``size``: RGB uint8.
+
+    Pillow resizes in two passes, horizontal then vertical, rounding to 8 bits in between, with
+    filter weights that depend only on the source length, the output length and the output index.
+    Both passes are run here, by Pillow, on pieces of the square; the square itself is never built.
+    A white row (or column) of the square gives the same first-pass line whatever it is next to,
+    so that line is computed once from a ``side x 1`` image; along the padded axis only the outputs
+    whose filter support reaches the image need the image.
+
+    * Exact path (the whole padded axis is resampled, from a buffer of ``side x size`` pixels):
+      bit-identical to resizing the square, since Pillow gets the same lengths and the same rows.
+      Used when that buffer is small next to the image or the model input (every ordinary aspect
+      ratio: wide images at least ``size / 2`` tall, tall ones up to 4:1 and ``size / 2`` wide,
+      anything up to ``8 * size`` on its long side).
+    * Band path (long strips): only the outputs whose support reaches the image are resampled,
+      from the source span those supports cover, passed to Pillow as a window (``box``) whose
+      offset and scale equal the square's up to floating-point rounding; the other outputs are
+      Pillow's resampling of constant lines. The rounding can move a filter weight by one unit in
+      2**22, and so a handful of output values by 1 level.
+      A tall strip so long and narrow that the band's work grows past ``_BAND_TAPS_MAX`` is
+      resampled transposed instead (see :func:`_wd14_tall`): within 2 levels, on more outputs.
+    """
+    w, h = rgb.size
+    side = max(w, h)
+    if side <= size:  # upscaling (or none): the square is no bigger than the output
+        padded = Image.new("RGB", (side, side), _WHITE)
+        padded.paste(rgb, ((side - w) // 2, (side - h) // 2))
+        if side != size:
+            padded = padded.resize((size, size), resample=_BICUBIC)
+        return np.asarray(padded, dtype=np.uint8)
+    if w == h:  # nothing to pad
+        return np.asarray(rgb.resize((size, size), resample=_BICUBIC), dtype=np.uint8)
+    # A white line of the full side, resampled: the first pass of every all-white row (or column).
+    white = np.asarray(Image.new("L", (side, 1), 255).resize((size, 1), resample=_BICUBIC), dtype=np.uint8)[0]
+    short = min(w, h)
+    exact = side <= 8 * size or (2 * short >= size and (w > h or side <= 4 * w))
+    if w > h:
+        return _wd14_wide(rgb, size, side, white, exact)
+    return _wd14_tall(rgb, size, side, white, exact)
+
+
+def _wd14_wide(rgb: Image.Image, size: int, side: int, white: np.ndarray, exact: bool) -> np.ndarray:
+    """Wider than tall: the first (horizontal) pass has no padding; the second has white rows."""
+    w, h = rgb.size
+    top = (side - h) // 2
+    rows = rgb.resize((size, h), resample=_BICUBIC)  # pass 1 on the image's rows, as on the square
+    o0, o1, b0, b1 = (0, size, 0, side) if exact else _band(side, size, top, top + h)
+    line = Image.fromarray(np.repeat(white[None, :, None], 3, axis=2), "RGB")
+    band = line.resize((size, b1 - b0), resample=Image.Resampling.NEAREST)  # pass-1 rows b0..b1 of the square
+    band.paste(rows, (0, top - b0))
+    del rows
+    lo, hi = _box(side, size, o0, o1, b0)
+    part = np.asarray(band.resize((size, o1 - o0), resample=_BICUBIC, box=(0, lo, size, hi)), dtype=np.uint8)
+    del band
+    if exact:
+        return part
+    out = _constant_lines(white, side, size)
+    out[o0:o1] = part
+    return out
+
+
+def _wd14_tall(rgb: Image.Image, size: int, side: int, white: np.ndarray, exact: bool) -> np.ndarray:
+    """Taller than wide: the first (horizontal) pass has white columns; the second has no padding."""
+    w, h = rgb.size
+    left = (side - w) // 2
+    o0, o1, b0, b1 = (0, size, 0, side) if exact else _band(side, size, left, left + w)
+    taps = (o1 - o0) * (2 * math.ceil(2.0 * side / size) + 1) * h
+    if not exact and taps > _BAND_TAPS_MAX:
+        # A very long, narrow strip: every band output sums its whole support (mostly white) on
+        # every row, which grows as side**2. Resample the transposed strip instead (its padded
+        # pass comes second and costs ~nothing): the passes swap order, so the 8-bit rounding
+        # between them differs, by 1 (at most 2) levels on some outputs.
+        flipped = rgb.transpose(Image.Transpose.TRANSPOSE)
+        return np.ascontiguousarray(_wd14_wide(flipped, size, side, white, False).transpose(1, 0, 2))
+    lo, hi = _box(side, size, o0, o1, b0)
+    cols = Image.new("RGB", (o1 - o0, h))  # pass 1 of output columns o0..o1, every row
+    step = max(1, _CHUNK_PIXELS // (b1 - b0))
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        strip = Image.new("RGB", (b1 - b0, r1 - r0), _WHITE)  # rows r0..r1 of the square, columns b0..b1
+        strip.paste(rgb.crop((0, r0, w, r1)), (left - b0, 0))
+        cols.paste(strip.resize((o1 - o0, r1 - r0), resample=_BICUBIC, box=(lo, 0, hi, r1 - r0)), (0, r0))
+        del strip
+    part = np.asarray(cols.resize((o1 - o0, size), resample=_BICUBIC), dtype=np.uint8)  # pass 2, as on the square
+    del cols
+    if exact:
+        return part
+    out = _constant_lines(white, side, size)
+    out[:, o0:o1] = part
+    return out
+
+
+def _band(side: int, size: int, c0: int, c1: int) -> tuple[int, int, int, int]:
+    """Outputs ``[o0, o1)`` whose bicubic support (as Pillow computes it) meets source ``[c0, c1)``,
+    and the source span ``[b0, b1)`` those supports cover, with a 2-pixel margin for rounding."""
+    scale = side / size
+    support = 2.0 * max(scale, 1.0)
+    centre = (np.arange(size, dtype=np.float64) + 0.5) * scale
+    lo = np.clip(np.trunc(centre - support + 0.5), 0, side).astype(np.int64)
+    hi = np.clip(np.trunc(centre + support + 0.5), 0, side).astype(np.int64)
+    hits = np.flatnonzero((hi > c0) & (lo < c1))
+    o0, o1 = int(hits[0]), int(hits[-1]) + 1
+    b0, b1 = max(0, int(lo[o0]) - 2), min(side, int(hi[o1 - 1]) + 2)
+    return o0, o1, b0, b1
+
+
+def _box(side: int, size: int, o0: int, o1: int, b0: int) -> tuple[float, float]:
+    """Source coordinates of outputs ``[o0, o1)`` on the square, shifted to a span starting at ``b0``
+    (exact rationals rounded once; ``(0, side)`` for the whole side, as Pillow uses for the square)."""
+    return (o0 * side - b0 * size) / size, (o1 * side - b0 * size) / size
+
+
+def _constant_lines(white: np.ndarray, side: int, size: int) -> np.ndarray:
+    """``(size, size, 3)``: row ``o`` column ``i`` = Pillow's resampling, from ``side`` to ``size``, of a
+    line that is ``white[i]`` throughout, at output ``o`` (the second pass over all-white supports)."""
+    values, index = np.unique(white, return_inverse=True)
+    lines = Image.fromarray(np.ascontiguousarray(np.broadcast_to(values, (side, values.size))), "L")
+    resampled = np.asarray(lines.resize((values.size, size), resample=_BICUBIC), dtype=np.uint8)
+    return np.repeat(resampled[:, index.reshape(-1)][:, :, None], 3, axis=2)
