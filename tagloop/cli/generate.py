@@ -31,6 +31,11 @@ _SETTING_FLAGS = {
     "denoising_strength": "--denoise",
     "negative_prompt": "--negative",
     "cfg_scale": "--cfg",
+    "width": "--size",
+    "height": "--size",
+    "init_image": "--init-image",
+    "prompt_file": "--prompt-file",
+    "from_json": "--from-json",
 }
 
 

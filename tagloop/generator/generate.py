@@ -170,39 +170,37 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
 
     s = settings
     if s.steps is not None and (not isinstance(s.steps, int) or s.steps < 1):
-        raise _err(f"`--steps` must be a whole number of at least 1, not {s.steps!r}.")
+        raise _err(f"`steps` must be a whole number of at least 1, not {s.steps!r}.")
     if s.cfg_scale is not None and s.cfg_scale < 0:
-        raise _err(f"`--cfg` must be 0 or more, not {s.cfg_scale!r}.")
+        raise _err(f"`cfg_scale` must be 0 or more, not {s.cfg_scale!r}.")
     for what, v in (("width", s.width), ("height", s.height)):
         if v is not None and (not isinstance(v, int) or v < 64 or v % 8):
-            raise _err(f"`--size` {what} must be a multiple of 8 and at least 64, not {v!r}.")
+            raise _err(f"`{what}` must be a multiple of 8 and at least 64, not {v!r}.")
     if s.batch_size < 1:
-        raise _err(f"`--batch-size` must be at least 1, not {s.batch_size!r}.")
+        raise _err(f"`batch_size` must be at least 1, not {s.batch_size!r}.")
     if s.batch_count < 1:
-        raise _err(f"`--batch-count` must be at least 1, not {s.batch_count!r}.")
+        raise _err(f"`batch_count` must be at least 1, not {s.batch_count!r}.")
     if s.max_batch < 1:
-        raise _err(f"`--max-batch` must be at least 1, not {s.max_batch!r}.")
+        raise _err(f"`max_batch` must be at least 1, not {s.max_batch!r}.")
     if not 1 <= s.clip_skip <= 12:
-        raise _err(f"`--clip-skip` must be between 1 and 12 (A1111: 1 = last layer, 2 = penultimate), not {s.clip_skip!r}.")
+        raise _err(f"`clip_skip` must be between 1 and 12 (A1111: 1 = last layer, 2 = penultimate), not {s.clip_skip!r}.")
     if s.emphasis not in EMPHASIS_MODES:
         raise _err(f"`emphasis` must be one of {', '.join(EMPHASIS_MODES)}, not {s.emphasis!r}.")
     if not isinstance(s.seed, int) or s.seed < -1 or s.seed > MAX_SEED:
-        raise _err(f"`--seed` must be -1 (random) or between 0 and {MAX_SEED}, not {s.seed!r}.")
+        raise _err(f"`seed` must be -1 (random) or between 0 and {MAX_SEED}, not {s.seed!r}.")
     if s.init_image is not None and not 0.0 < s.denoising_strength <= 1.0:
-        raise _err(f"`--denoise` must be above 0 and at most 1, not {s.denoising_strength!r}.")
+        raise _err(f"`denoising_strength` must be above 0 and at most 1, not {s.denoising_strength!r}.")
     if s.hires_scale is not None:
         if s.hires_scale < 1.0 or s.hires_scale > 4.0:
-            raise _err(f"`--hires-scale` must be between 1 and 4, not {s.hires_scale!r}.")
+            raise _err(f"`hires_scale` must be between 1 and 4, not {s.hires_scale!r}.")
         if s.hires and s.init_image is not None:
-            raise _err(
-                "`--hires-scale` is a text-to-image second pass; drop it with `--init-image` (use a larger --size instead)."
-            )
+            raise _err("`hires_scale` is a text-to-image second pass; drop it with `init_image` (use a larger --size instead).")
         if not 0.0 < s.hires_denoise <= 1.0:
-            raise _err(f"`--hires-denoise` must be above 0 and at most 1, not {s.hires_denoise!r}.")
+            raise _err(f"`hires_denoise` must be above 0 and at most 1, not {s.hires_denoise!r}.")
         if s.hires_steps < 0:
-            raise _err(f"`--hires-steps` must be 0 (same as --steps) or more, not {s.hires_steps!r}.")
+            raise _err(f"`hires_steps` must be 0 (same as `steps`) or more, not {s.hires_steps!r}.")
     if s.hires_upscaler not in ("latent", "lanczos"):
-        raise _err(f"`--hires-upscaler` must be latent or lanczos, not {s.hires_upscaler!r}.")
+        raise _err(f"`hires_upscaler` must be latent or lanczos, not {s.hires_upscaler!r}.")
     if s.sampler is not None or s.schedule_type is not None:
         name = s.sampler or _default_sampler(family)[0]
         try:
@@ -257,10 +255,10 @@ def read_prompt_file(path: str | Path, negative: str = "") -> list[tuple[str, st
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise SettingsError(f"`--prompt-file` {path} cannot be read ({e.strerror or e}).") from None
+        raise SettingsError(f"`prompt_file` {path} cannot be read ({e.strerror or e}).") from None
     out = [(ln.strip(), negative) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not out:
-        raise SettingsError(f"`--prompt-file` {path} holds no prompt (one prompt a line).")
+        raise SettingsError(f"`prompt_file` {path} holds no prompt (one prompt a line).")
     return out
 
 
@@ -273,7 +271,7 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise SettingsError(f"`--from-json` {path} cannot be read ({e.strerror or e}).") from None
+        raise SettingsError(f"`from_json` {path} cannot be read ({e.strerror or e}).") from None
     try:
         data = json.loads(text)
         items = data if isinstance(data, list) else [data]
@@ -281,7 +279,7 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
         try:
             items = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
         except json.JSONDecodeError as e:
-            raise SettingsError(f"`--from-json` {path} is neither JSON nor JSON lines ({e.msg}, line {e.lineno}).") from None
+            raise SettingsError(f"`from_json` {path} is neither JSON nor JSON lines ({e.msg}, line {e.lineno}).") from None
     out = []
     for i, item in enumerate(items):
         if isinstance(item, dict) and isinstance(item.get("prompts"), list):
@@ -291,12 +289,12 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
             ]
             continue
         if not isinstance(item, dict) or not ({"positive", "prompt"} & item.keys()):
-            raise SettingsError(f'`--from-json` {path}: item {i} has no "positive" or "prompt" field.')
+            raise SettingsError(f'`from_json` {path}: item {i} has no "positive" or "prompt" field.')
         pos = item.get("positive", item.get("prompt"))
         neg = item.get("negative", item.get("negative_prompt"))
         out.append((str(pos), negative if neg is None else str(neg)))
     if not out:
-        raise SettingsError(f"`--from-json` {path} holds no prompt.")
+        raise SettingsError(f"`from_json` {path} holds no prompt.")
     return out
 
 
@@ -502,7 +500,7 @@ class Generator:
         quiet: bool | None = None,
     ) -> None:
         if offload not in ("none", "model", "sequential"):
-            raise SettingsError(f"`--offload` must be none, model or sequential, not {offload!r}.")
+            raise SettingsError(f"`offload` must be none, model or sequential, not {offload!r}.")
         self.notice = notice
         self.progress = progress
         # quiet: diffusers/transformers say nothing (no warnings, no bars) while this generator works
@@ -785,7 +783,7 @@ class Generator:
 
         layers = int(pipe.text_encoder.config.num_hidden_layers)
         if self.family != "sdxl" and s.clip_skip > layers:
-            raise SettingsError(f"`--clip-skip` {s.clip_skip} skips more layers than this model's text encoder has ({layers}).")
+            raise SettingsError(f"`clip_skip` {s.clip_skip} skips more layers than this model's text encoder has ({layers}).")
         if self.family == "sdxl" and s.clip_skip > 1:
             self._say(
                 f"A1111 ignores Clip skip on SDXL (both text encoders use their penultimate layer); "
@@ -980,6 +978,6 @@ def _load_init_image(source):
             im.load()
             return im.convert("RGB")
     except FileNotFoundError:
-        raise SettingsError(f"`--init-image` {source} does not exist.") from None
+        raise SettingsError(f"`init_image` {source} does not exist.") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise SettingsError(f"`--init-image` {source} is not an image Pillow can read ({e}).") from None
+        raise SettingsError(f"`init_image` {source} is not an image Pillow can read ({e}).") from None

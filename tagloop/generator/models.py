@@ -1,6 +1,6 @@
 """Stable Diffusion models as users have them on disk: find, recognise, load once, reuse.
 
-A ``--model`` argument is, in this order: a local file or folder; a name (file stem or file name) in
+A ``model`` argument is, in this order: a local file or folder; a name (file stem or file name) in
 the user's AUTOMATIC1111 folder (``models/Stable-diffusion``) or ComfyUI folder (``models/checkpoints``);
 a hub id ``owner/name`` (downloaded into the hub cache with a progress bar).
 
@@ -216,7 +216,7 @@ def list_named_files(dirs: Iterable[Path], exts: tuple[str, ...] = CHECKPOINT_EX
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved ``--model``: where it is and what it is; nothing loaded yet.
+    """A resolved ``model``: where it is and what it is; nothing loaded yet.
 
     kind: ``diffusers`` (folder), ``single_file`` or ``hub``. ``name`` is what A1111 writes as ``Model:``
     (the file stem). ``variant`` is ``medium``/``large``/``medium-3.0`` for SD3 (see :func:`sd3_variant`). ``fp8``: weights stored as fp8.
@@ -252,13 +252,13 @@ def resolve_model(
     comfyui_dir: str | Path | None = None,
     allow_pickle: bool = False,
 ) -> ModelSource:
-    """Resolve a ``--model`` argument without loading weights (reads headers / ``model_index.json`` only)."""
+    """Resolve a ``model`` argument without loading weights (reads headers / ``model_index.json`` only)."""
     from ..hub import HubError, download, looks_like_repo_id
 
     text = str(spec).strip()
     if not text:
         raise ModelNotFoundError(
-            "`--model` is empty; give a checkpoint file, a diffusers folder, a name in your A1111/ComfyUI folders or a hub id."
+            "`model` is empty; give a checkpoint file, a diffusers folder, a name in your A1111/ComfyUI folders or a hub id."
         )
     path = Path(text).expanduser()
     if not path.exists():
@@ -287,7 +287,7 @@ def resolve_model(
 
 
 def resolve_vae(spec: str | Path, *, a1111_dir=None, comfyui_dir=None, allow_pickle: bool = False) -> Path:
-    """A ``--vae`` argument as a local file or folder; a non-VAE file is named as such."""
+    """A ``vae`` argument as a local file or folder; a non-VAE file is named as such."""
     path = Path(str(spec)).expanduser()
     if not path.exists():
         found = find_named_file(str(spec), search_dirs("vae", (), a1111_dir, comfyui_dir))
@@ -406,17 +406,17 @@ def resolve_dtype(dtype: str, device: str, source: ModelSource | None = None) ->
     ``auto``: fp32 on CPU; on CUDA fp16 for SD1/SD2/SDXL, bf16 for SD3, fp8 storage for FP8 checkpoints.
     """
     if dtype not in ("auto", "fp32", "fp16", "bf16", "fp8"):
-        raise GeneratorError(f"`--dtype` must be auto, fp32, fp16, bf16 or fp8, not {dtype!r}.")
+        raise GeneratorError(f"`dtype` must be auto, fp32, fp16, bf16 or fp8, not {dtype!r}.")
     on_cuda = device.startswith("cuda")
     fp8_file = bool(source and source.fp8)
     if not on_cuda:
         if dtype == "fp8" or fp8_file:
-            what = "`--dtype fp8`" if dtype == "fp8" else f"the FP8 checkpoint {source.name if source else ''}".rstrip()
+            what = "`dtype` fp8" if dtype == "fp8" else f"the FP8 checkpoint {source.name if source else ''}".rstrip()
             raise GeneratorError(
                 f"{what} needs a CUDA GPU (fp8 storage with bf16/fp16 compute); on CPU use an fp16/fp32 checkpoint with --dtype fp32."
             )
         if dtype == "fp16":
-            raise GeneratorError("`--dtype fp16` needs a CUDA GPU; on CPU use --dtype fp32 (or bf16).")
+            raise GeneratorError("`dtype` fp16 needs a CUDA GPU; on the CPU use fp32 (or bf16).")
         return ("bf16" if dtype == "bf16" else "fp32"), None
     family = source.family if source else "sd1"
     if dtype == "auto":
