@@ -33,8 +33,8 @@ _API = {
     "TagOptions": "tagger.run",
     "PromptSettings": "prompt.composer",
     "ComposedPrompt": "prompt.composer",
-    "GenerationSettings": "generator.generate",
-    "GeneratedImage": "generator.generate",
+    "GenerationSettings": "generator.settings",
+    "GeneratedImage": "generator.settings",
     "Generator": "generator.generate",
     "Tagger": "tagger.base",
 }
