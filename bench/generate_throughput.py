@@ -75,8 +75,8 @@ def build_full(family: str, folder: Path, dtype_name: str) -> Path:
 def run(args) -> dict:
     import torch
 
-    from tagloop.generator import tiny
     from tagloop.generator.generate import GenerationSettings, Generator
+    from tagloop.testing import diffusion as tiny
 
     torch.set_num_threads(args.threads) if args.threads else None
     work = Path(tempfile.mkdtemp(prefix="tagloop-bench-"))

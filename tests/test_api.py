@@ -164,7 +164,7 @@ def sd1(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sd1api")
     pipe = tiny.save_tiny_diffusers("sd1", root / "diffusers")
-    from tagloop.generator.tiny import write_config_folder
+    from tagloop.testing.diffusion import write_config_folder
 
     write_config_folder(pipe, root / "config")
     ckpt = tiny.save_tiny_single_file(pipe, "sd1", root / "tinyanime_v1.safetensors")

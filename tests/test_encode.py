@@ -324,7 +324,7 @@ def test_emphasis_with_break_and_zero_mean_chunk_is_finite():
     import torch
 
     from tagloop.generator.encode import encode_prompt_a1111
-    from tagloop.generator.tiny import build_tiny_pipeline
+    from tagloop.testing.diffusion import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd1", 0, tempfile.mkdtemp())
     for text in ("a (cat:1.2), BREAK dog", "(cat:1.2) BREAK dog"):

@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from tagloop.cli.generate import generate_command
-from tagloop.generator import tiny
 from tagloop.generator.generate import GenerationSettings, Generator
 from tagloop.generator.models import ModelFileError, cache_clear, classify_keys, resolve_model
+from tagloop.testing import diffusion as tiny
 
 FAST = dict(steps=2, width=64, height=64, sampler="Euler")
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tagloop.generator import tiny
 from tagloop.generator.generate import FAMILY_DEFAULTS, GenerationSettings, Generator, with_family_defaults
 from tagloop.generator.models import GeneratorError, cache_clear, packaged_config_dir, resolve_dtype, resolve_model
+from tagloop.testing import diffusion as tiny
 
 FAST = dict(steps=2, width=64, height=64)
 

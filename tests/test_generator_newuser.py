@@ -13,9 +13,9 @@ from PIL import Image
 
 from tagloop.cli.generate import generate_command
 from tagloop.errors import GPUUnavailableError, ModelFileError, OutputPathError
-from tagloop.generator import tiny
 from tagloop.generator.generate import GenerationSettings, Generator, SettingsError, settings_from_infotext
 from tagloop.generator.models import cache_clear
+from tagloop.testing import diffusion as tiny
 
 FAST = ["--steps", "2", "--size", "64x64", "--device", "cpu"]
 

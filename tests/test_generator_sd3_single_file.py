@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tagloop.generator import tiny
 from tagloop.generator.generate import GenerationSettings, Generator
 from tagloop.generator.models import GeneratorError, cache_clear, checkpoint_tensors, classify_keys, resolve_model
+from tagloop.testing import diffusion as tiny
 
 FAST = dict(steps=2, width=64, height=64)
 

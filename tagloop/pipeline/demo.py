@@ -160,7 +160,7 @@ def save_demo_deepdanbooru(
 
 def build_models(models: Path) -> tuple[Path, Path]:
     """The tiny DeepDanbooru file and tiny SD1 diffusers folder (built once, then reused)."""
-    from ..generator.tiny import save_tiny_diffusers
+    from ..testing.diffusion import save_tiny_diffusers
 
     models.mkdir(parents=True, exist_ok=True)
     dd = models / DD_FILE

@@ -24,6 +24,7 @@ _BUILDERS = {
     "save_tiny_vae_file": "tagloop.testing.diffusion",
     "save_tiny_lora": "tagloop.testing.diffusion",
     "save_tiny_embedding": "tagloop.testing.diffusion",
+    "write_config_folder": "tagloop.testing.diffusion",
 }
 
 __all__ = list(_BUILDERS)
