@@ -50,7 +50,7 @@ def _fail(message: str) -> None:
         lambda m: f"`{m.group(1)}` ({_SETTING_FLAGS[m.group(1)]})" if m.group(1) in _SETTING_FLAGS else m.group(0),
         message,
     )
-    click.echo(f"Error: {with_flags(message)}", err=True)
+    click.echo(f"tagloop: {with_flags(message)}", err=True)
     sys.exit(2)
 
 

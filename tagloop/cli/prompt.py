@@ -295,7 +295,7 @@ def _tag_image(image: str, tagger_kwargs: dict[str, Any]) -> TagResult:
     """Tag IMAGE with the tagger options (the tag command)."""
     if _TAG_ONE is None:
         raise click.UsageError(
-            "tagging an image needs tagloop.tagger.command, which this install lacks; use --tags or --from-json."
+            "tagging an image needs the tag command (tagloop.cli.tag), which this install lacks; use --tags or --from-json."
         )
     from ..cli.errors import to_command_error
     from ..errors import TagloopError

@@ -78,7 +78,7 @@ def resolve_model_path(
     backend: str | None = None,
 ) -> Path:
     """The local path (file or folder) a ``--model`` argument names, downloading hub files if needed."""
-    spec = str(spec).strip()
+    spec = raw_spec = str(spec).strip()
     local = Path(spec).expanduser()
     if local.exists():
         return local
@@ -105,22 +105,33 @@ def resolve_model_path(
     if "/" not in spec and short in WD14_MODELS:
         spec = f"SmilingWolf/{short}"
     if looks_like_repo_id(spec):
-        want_timm = backend == "wd-timm" or (backend is None and device.startswith("cuda"))
-        hint = (
-            "Download it with network access once, or put the files "
-            f"({', '.join(TIMM_FILES if want_timm else ONNX_FILES)}) in a folder and pass --model FOLDER."
-        )
         try:
-            return download_folder(spec, TIMM_FILES if want_timm else ONNX_FILES, local_hint=hint)
-        except HubError:
-            if not want_timm or backend == "wd-timm":
+            return _download_tagger(spec, backend, device)
+        except HubError as e:
+            if spec.lower().startswith("smilingwolf/") or raw_spec != spec:
                 raise
-            # no timm weights in this repo (WD v2): the ONNX files then
-            return download_folder(spec, ONNX_FILES, local_hint=hint)
+            # `folder/name` may have meant a local path as much as a hub id: say both
+            raise HubError(f"Tagger model {spec}: no such file or folder here, and as a hub id: {e}") from None
     raise ModelNotFoundError(
         f"Tagger model {spec!r} is neither a file, a folder, `deepdanbooru`, a WD14 name "
         f"({', '.join(WD14_MODELS[-5:])}, ...) nor a hub id owner/name."
     )
+
+
+def _download_tagger(spec: str, backend: str | None, device: str) -> Path:
+    """The hub snapshot folder of a WD tagger: the timm files on CUDA (or ``backend`` wd-timm), else ONNX."""
+    want_timm = backend == "wd-timm" or (backend is None and device.startswith("cuda"))
+    hint = (
+        "Download it with network access once, or put the files "
+        f"({', '.join(TIMM_FILES if want_timm else ONNX_FILES)}) in a folder and give that folder as the model."
+    )
+    try:
+        return download_folder(spec, TIMM_FILES if want_timm else ONNX_FILES, local_hint=hint)
+    except HubError:
+        if not want_timm or backend == "wd-timm":
+            raise
+        # no timm weights in this repo (WD v2): the ONNX files then
+        return download_folder(spec, ONNX_FILES, local_hint=hint)
 
 
 _CACHE: dict[tuple, Tagger] = {}
