@@ -72,7 +72,7 @@ def build_model(kind: str, folder: Path, device: str, dtype: str):
             path, _ = save_tiny_deepdanbooru(folder / "tiny.safetensors", num_tags=64)
         return load_tagger(path, opts)
     if kind in WD_TIMM:
-        from tagloop.tagger.wd_timm import save_tiny_wd_v3_timm
+        from tagloop.testing import save_tiny_wd_v3_timm
 
         arch, args = WD_TIMM[kind]
         out = save_tiny_wd_v3_timm(

@@ -15,6 +15,7 @@ from PIL import Image
 from tagloop.tagger import onnx_tagger as ot
 from tagloop.tagger import preprocess as pp
 from tagloop.tagger.base import GPUUnavailableError, LoadOptions, ModelFileError
+from tagloop.testing import taggers as tiny
 
 CPU = LoadOptions(device="cpu")
 
@@ -48,10 +49,10 @@ def images() -> list[Image.Image]:
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx_models")
     return {
-        "wd": ot.save_tiny_wd14_onnx(root / "wd", num_general=12, num_character=4, seed=3),
-        "wd_b1": ot.save_tiny_wd14_onnx(root / "wd_b1", num_general=12, num_character=4, seed=3, dynamic_batch=False),
-        "wd_emb": ot.save_tiny_wd14_onnx(root / "wd_emb", num_general=12, num_character=4, seed=3, with_embedding=True),
-        "dd": ot.save_tiny_deepdanbooru_onnx(root / "dd", num_tags=10, seed=1),
+        "wd": tiny.save_tiny_wd14_onnx(root / "wd", num_general=12, num_character=4, seed=3),
+        "wd_b1": tiny.save_tiny_wd14_onnx(root / "wd_b1", num_general=12, num_character=4, seed=3, dynamic_batch=False),
+        "wd_emb": tiny.save_tiny_wd14_onnx(root / "wd_emb", num_general=12, num_character=4, seed=3, with_embedding=True),
+        "dd": tiny.save_tiny_deepdanbooru_onnx(root / "dd", num_tags=10, seed=1),
     }
 
 

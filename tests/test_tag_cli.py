@@ -146,7 +146,7 @@ def test_hub_id_offline_is_one_sentence(tmp_path):
 
 def test_hub_download_from_loopback_server(tmp_path):
     """The real download path (huggingface_hub, its cache) against a hub stand-in on 127.0.0.1."""
-    from tagloop.tagger.onnx_tagger import save_tiny_wd14_onnx
+    from tagloop.testing import save_tiny_wd14_onnx
 
     src = tmp_path / "src"
     save_tiny_wd14_onnx(src, size=64)

@@ -15,6 +15,7 @@ from tagloop.tagger import onnx_tagger as ot
 from tagloop.tagger import preprocess as pp
 from tagloop.tagger import wd_timm as wt
 from tagloop.tagger.base import GPUUnavailableError, LoadOptions, ModelFileError
+from tagloop.testing import taggers as tiny
 
 CPU = LoadOptions(device="cpu")
 MEAN = (0.48, 0.45, 0.40)  # deliberately not 0.5 so the channel order of the normalisation shows
@@ -33,7 +34,7 @@ def images() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def timm_folder(tmp_path_factory) -> Path:
-    return wt.save_tiny_wd_v3_timm(tmp_path_factory.mktemp("wdv3") / "timm", mean=MEAN, std=STD, seed=5)
+    return tiny.save_tiny_wd_v3_timm(tmp_path_factory.mktemp("wdv3") / "timm", mean=MEAN, std=STD, seed=5)
 
 
 def test_config_is_in_timm_hub_format(timm_folder):
@@ -105,7 +106,7 @@ def test_normalisation_by_hand(timm_folder):
 
 
 def test_key_prefix_is_stripped(tmp_path, timm_folder):
-    prefixed = wt.save_tiny_wd_v3_timm(tmp_path / "prefixed", mean=MEAN, std=STD, seed=5, key_prefix="module.")
+    prefixed = tiny.save_tiny_wd_v3_timm(tmp_path / "prefixed", mean=MEAN, std=STD, seed=5, key_prefix="module.")
     batch = np.stack([pp.wd14(im, 64) for im in images()])
     np.testing.assert_allclose(
         wt.load_wd_timm(prefixed, CPU).predict(batch), wt.load_wd_timm(timm_folder, CPU).predict(batch), atol=1e-6

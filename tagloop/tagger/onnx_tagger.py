@@ -54,8 +54,6 @@ __all__ = [
     "explain_cuda_fallback",
     "find_onnx_file",
     "load_onnx_tagger",
-    "save_tiny_deepdanbooru_onnx",
-    "save_tiny_wd14_onnx",
 ]
 
 CUDA_EP = "CUDAExecutionProvider"
@@ -615,31 +613,7 @@ def load_onnx_tagger(path: Path, options: LoadOptions | None = None) -> OnnxTagg
 # Tiny models for tests and demos (random weights, real export path)
 # --------------------------------------------------------------------------------------------
 
-_GENERAL_NAMES = [
-    "1girl",
-    "solo",
-    "long_hair",
-    "smile",
-    "blue_eyes",
-    "open_mouth",
-    "short_hair",
-    "blush",
-    "skirt",
-    "simple_background",
-    "white_background",
-    "looking_at_viewer",
-    "hat",
-    "holding",
-    "^_^",
-    "school_uniform",
-]
-_CHARACTER_NAMES = ["hatsune_miku", "hakurei_reimu", "kirisame_marisa", "ganyu_(genshin_impact)", "saber_(fate)"]
 WD14_RATINGS = ["general", "sensitive", "questionable", "explicit"]
-DD_RATINGS = ["rating:safe", "rating:questionable", "rating:explicit"]
-
-
-def _names(pool: list[str], n: int, prefix: str) -> list[str]:
-    return [pool[i] if i < len(pool) else f"{prefix}_{i}" for i in range(n)]
 
 
 def write_selected_tags_csv(path: Path, general: Sequence[str], character: Sequence[str]) -> Path:
@@ -673,92 +647,3 @@ def export_onnx(module: Any, example: Any, file: Path, input_name: str, output_n
         except TypeError:  # torch without the `dynamo` switch: the legacy exporter is the default
             torch.onnx.export(module, (example,), str(file), **kwargs)
     return Path(file)
-
-
-def _tiny_conv_net(num_tags: int, scale: str, with_embedding: bool):
-    import torch
-    from torch import nn
-
-    class TinyTagger(nn.Module):
-        """NHWC image -> two strided convs -> mean+max pool -> linear -> sigmoid."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-            self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-            self.head = nn.Linear(32, num_tags)
-            with torch.no_grad():  # spread the random logits so probabilities are far from 0.5
-                self.conv1.weight.mul_(3.0)
-                self.conv2.weight.mul_(3.0)
-                self.head.weight.mul_(4.0)
-
-        def forward(self, x):
-            x = x.permute(0, 3, 1, 2)
-            x = x / 127.5 - 1.0 if scale == "0..255" else x * 2.0 - 1.0
-            x = torch.nn.functional.gelu(self.conv1(x))
-            x = torch.nn.functional.gelu(self.conv2(x))
-            emb = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-            probs = torch.sigmoid(self.head(emb))
-            return (probs, emb) if with_embedding else probs
-
-    return TinyTagger()
-
-
-def save_tiny_wd14_onnx(
-    folder: str | Path,
-    num_general: int = 12,
-    num_character: int = 4,
-    size: int = 64,
-    dynamic_batch: bool = True,
-    seed: int = 0,
-    with_embedding: bool = False,
-) -> Path:
-    """Write a tiny WD14-layout tagger: ``model.onnx`` + ``selected_tags.csv``; returns the folder.
-
-    The graph behaves like SmilingWolf's: input NHWC **BGR float 0..255** ``(N, size, size, 3)``,
-    output sigmoid probabilities ``(N, 4 + num_general + num_character)``. ``dynamic_batch=False``
-    fixes the batch at 1 and uses the v2.0 names (``input_1:0`` -> ``predictions_sigmoid``), like
-    the old exports. ``with_embedding`` adds a second output (an embedding, as imgutils' re-exports do).
-    The same ``seed`` gives the same weights.
-    """
-    import torch
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    general = _names(_GENERAL_NAMES, num_general, "general")
-    character = _names(_CHARACTER_NAMES, num_character, "character")
-    write_selected_tags_csv(folder / "selected_tags.csv", general, character)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = _tiny_conv_net(4 + num_general + num_character, "0..255", with_embedding)
-    input_name, output_name = ("input", "output") if dynamic_batch else ("input_1:0", "predictions_sigmoid")
-    outputs = [output_name, "embedding"] if with_embedding else [output_name]
-    example = torch.full((1, size, size, 3), 128.0)
-    export_onnx(net, example, folder / "model.onnx", input_name, outputs, dynamic_batch)
-    return folder
-
-
-def save_tiny_deepdanbooru_onnx(
-    folder: str | Path,
-    num_tags: int = 12,
-    size: int = 64,
-    dynamic_batch: bool = True,
-    seed: int = 0,
-    filename: str = "deepdanbooru.onnx",
-) -> Path:
-    """Write a tiny DeepDanbooru-layout tagger: ``<filename>`` + ``tags.txt``; returns the folder.
-
-    Input NHWC **RGB float 0..1**, output probabilities; ``tags.txt`` holds ``num_tags`` general
-    tags then ``rating:safe``, ``rating:questionable``, ``rating:explicit`` (the 2019-2021 layout).
-    """
-    import torch
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tags = _names(_GENERAL_NAMES, num_tags, "tag") + DD_RATINGS
-    (folder / "tags.txt").write_text("\n".join(tags) + "\n", encoding="utf-8")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = _tiny_conv_net(len(tags), "0..1", False)
-    export_onnx(net, torch.full((1, size, size, 3), 0.5), folder / filename, "input_1", ["output"], dynamic_batch)
-    return folder

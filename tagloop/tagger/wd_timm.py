@@ -52,7 +52,6 @@ __all__ = [
     "load_wd_timm",
     "prefer_backend",
     "read_timm_config",
-    "save_tiny_wd_v3_timm",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -479,80 +478,3 @@ def export_wd_timm_to_onnx(folder: str | Path, out_folder: str | Path, dynamic_b
     export_onnx(graph, torch.full((1, h, w, 3), 200.0), out / "model.onnx", "input", ["output"], dynamic_batch)
     shutil.copyfile(tagger.label_file, out / "selected_tags.csv")
     return out
-
-
-def save_tiny_wd_v3_timm(
-    folder: str | Path,
-    architecture: str = "vit_tiny_patch16_224",
-    model_args: dict[str, Any] | None = None,
-    num_general: int = 12,
-    num_character: int = 4,
-    img_size: int = 64,
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
-    seed: int = 0,
-    key_prefix: str = "",
-) -> Path:
-    """Write a tiny WD v3 timm release: ``config.json`` (timm hub format), ``model.safetensors``, ``selected_tags.csv``.
-
-    The default is a one-block ViT shaped like wd-vit-tagger-v3 (no class token, average pool,
-    tanh GELU) at ``img_size``; random weights with a spread-out head so probabilities are not all
-    0.5. ``key_prefix`` prepends a wrapper prefix (e.g. ``module.``) to every weight name.
-    """
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    from .onnx_tagger import _CHARACTER_NAMES, _GENERAL_NAMES, _names, write_selected_tags_csv
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if model_args is None:
-        model_args = dict(
-            img_size=img_size,
-            embed_dim=32,
-            depth=1,
-            num_heads=2,
-            class_token=False,
-            global_pool="avg",
-            fc_norm=False,
-            act_layer="gelu_tanh",
-        )
-    num_classes = 4 + num_general + num_character
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **model_args)
-        head = model.get_classifier()
-        with torch.no_grad():
-            head.weight.normal_(0.0, 2.0 / math.sqrt(head.in_features))
-            head.bias.normal_(0.0, 0.5)
-    config = {
-        "architecture": architecture,
-        "num_classes": num_classes,
-        "num_features": int(model.num_features),
-        "global_pool": model_args.get("global_pool", "avg"),
-        "model_args": model_args,
-        "pretrained_cfg": {
-            "custom_load": False,
-            "input_size": [3, img_size, img_size],
-            "fixed_input_size": True,
-            "interpolation": "bicubic",
-            "crop_pct": 1.0,
-            "crop_mode": "center",
-            "mean": list(mean),
-            "std": list(std),
-            "num_classes": num_classes,
-            "pool_size": None,
-            "first_conv": None,
-            "classifier": None,
-        },
-    }
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    state = {key_prefix + k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME))
-    write_selected_tags_csv(
-        folder / "selected_tags.csv",
-        _names(_GENERAL_NAMES, num_general, "general"),
-        _names(_CHARACTER_NAMES, num_character, "character"),
-    )
-    return folder

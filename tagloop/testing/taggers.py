@@ -3,6 +3,8 @@ random weights scaled so scores differ from image to image), WD14 ONNX graphs, W
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,8 +15,8 @@ from ..tagger.deepdanbooru import (
     _net_class,
     save_deepdanbooru_safetensors,
 )
-from ..tagger.onnx_tagger import save_tiny_deepdanbooru_onnx, save_tiny_wd14_onnx
-from ..tagger.wd_timm import save_tiny_wd_v3_timm
+from ..tagger.onnx_tagger import export_onnx, write_selected_tags_csv
+from ..tagger.wd_timm import CONFIG_NAME, WEIGHTS_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -162,3 +164,198 @@ def save_tiny_deepdanbooru(
     else:
         torch.save({**sd, "tags": tags}, path)
     return path, tags
+
+
+# --- WD14 and DeepDanbooru ONNX graphs, exported from torch through the real export path ---
+
+_GENERAL_NAMES = [
+    "1girl",
+    "solo",
+    "long_hair",
+    "smile",
+    "blue_eyes",
+    "open_mouth",
+    "short_hair",
+    "blush",
+    "skirt",
+    "simple_background",
+    "white_background",
+    "looking_at_viewer",
+    "hat",
+    "holding",
+    "^_^",
+    "school_uniform",
+]
+_CHARACTER_NAMES = ["hatsune_miku", "hakurei_reimu", "kirisame_marisa", "ganyu_(genshin_impact)", "saber_(fate)"]
+DD_RATINGS = ["rating:safe", "rating:questionable", "rating:explicit"]
+
+
+def _names(pool: list[str], n: int, prefix: str) -> list[str]:
+    return [pool[i] if i < len(pool) else f"{prefix}_{i}" for i in range(n)]
+
+
+def _tiny_conv_net(num_tags: int, scale: str, with_embedding: bool):
+    import torch
+    from torch import nn
+
+    class TinyTagger(nn.Module):
+        """NHWC image -> two strided convs -> mean+max pool -> linear -> sigmoid."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.head = nn.Linear(32, num_tags)
+            with torch.no_grad():  # spread the random logits so probabilities are far from 0.5
+                self.conv1.weight.mul_(3.0)
+                self.conv2.weight.mul_(3.0)
+                self.head.weight.mul_(4.0)
+
+        def forward(self, x):
+            x = x.permute(0, 3, 1, 2)
+            x = x / 127.5 - 1.0 if scale == "0..255" else x * 2.0 - 1.0
+            x = torch.nn.functional.gelu(self.conv1(x))
+            x = torch.nn.functional.gelu(self.conv2(x))
+            emb = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+            probs = torch.sigmoid(self.head(emb))
+            return (probs, emb) if with_embedding else probs
+
+    return TinyTagger()
+
+
+def save_tiny_wd14_onnx(
+    folder: str | Path,
+    num_general: int = 12,
+    num_character: int = 4,
+    size: int = 64,
+    dynamic_batch: bool = True,
+    seed: int = 0,
+    with_embedding: bool = False,
+) -> Path:
+    """Write a tiny WD14-layout tagger: ``model.onnx`` + ``selected_tags.csv``; returns the folder.
+
+    The graph behaves like SmilingWolf's: input NHWC **BGR float 0..255** ``(N, size, size, 3)``,
+    output sigmoid probabilities ``(N, 4 + num_general + num_character)``. ``dynamic_batch=False``
+    fixes the batch at 1 and uses the v2.0 names (``input_1:0`` -> ``predictions_sigmoid``), like
+    the old exports. ``with_embedding`` adds a second output (an embedding, as imgutils' re-exports do).
+    The same ``seed`` gives the same weights.
+    """
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    general = _names(_GENERAL_NAMES, num_general, "general")
+    character = _names(_CHARACTER_NAMES, num_character, "character")
+    write_selected_tags_csv(folder / "selected_tags.csv", general, character)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _tiny_conv_net(4 + num_general + num_character, "0..255", with_embedding)
+    input_name, output_name = ("input", "output") if dynamic_batch else ("input_1:0", "predictions_sigmoid")
+    outputs = [output_name, "embedding"] if with_embedding else [output_name]
+    example = torch.full((1, size, size, 3), 128.0)
+    export_onnx(net, example, folder / "model.onnx", input_name, outputs, dynamic_batch)
+    return folder
+
+
+def save_tiny_deepdanbooru_onnx(
+    folder: str | Path,
+    num_tags: int = 12,
+    size: int = 64,
+    dynamic_batch: bool = True,
+    seed: int = 0,
+    filename: str = "deepdanbooru.onnx",
+) -> Path:
+    """Write a tiny DeepDanbooru-layout tagger: ``<filename>`` + ``tags.txt``; returns the folder.
+
+    Input NHWC **RGB float 0..1**, output probabilities; ``tags.txt`` holds ``num_tags`` general
+    tags then ``rating:safe``, ``rating:questionable``, ``rating:explicit`` (the 2019-2021 layout).
+    """
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tags = _names(_GENERAL_NAMES, num_tags, "tag") + DD_RATINGS
+    (folder / "tags.txt").write_text("\n".join(tags) + "\n", encoding="utf-8")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _tiny_conv_net(len(tags), "0..1", False)
+    export_onnx(net, torch.full((1, size, size, 3), 0.5), folder / filename, "input_1", ["output"], dynamic_batch)
+    return folder
+
+
+# --- WD v3 timm folders ---
+
+
+def save_tiny_wd_v3_timm(
+    folder: str | Path,
+    architecture: str = "vit_tiny_patch16_224",
+    model_args: dict[str, Any] | None = None,
+    num_general: int = 12,
+    num_character: int = 4,
+    img_size: int = 64,
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    seed: int = 0,
+    key_prefix: str = "",
+) -> Path:
+    """Write a tiny WD v3 timm release: ``config.json`` (timm hub format), ``model.safetensors``, ``selected_tags.csv``.
+
+    The default is a one-block ViT shaped like wd-vit-tagger-v3 (no class token, average pool,
+    tanh GELU) at ``img_size``; random weights with a spread-out head so probabilities are not all
+    0.5. ``key_prefix`` prepends a wrapper prefix (e.g. ``module.``) to every weight name.
+    """
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_args is None:
+        model_args = dict(
+            img_size=img_size,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            class_token=False,
+            global_pool="avg",
+            fc_norm=False,
+            act_layer="gelu_tanh",
+        )
+    num_classes = 4 + num_general + num_character
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes, **model_args)
+        head = model.get_classifier()
+        with torch.no_grad():
+            head.weight.normal_(0.0, 2.0 / math.sqrt(head.in_features))
+            head.bias.normal_(0.0, 0.5)
+    config = {
+        "architecture": architecture,
+        "num_classes": num_classes,
+        "num_features": int(model.num_features),
+        "global_pool": model_args.get("global_pool", "avg"),
+        "model_args": model_args,
+        "pretrained_cfg": {
+            "custom_load": False,
+            "input_size": [3, img_size, img_size],
+            "fixed_input_size": True,
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": list(mean),
+            "std": list(std),
+            "num_classes": num_classes,
+            "pool_size": None,
+            "first_conv": None,
+            "classifier": None,
+        },
+    }
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    state = {key_prefix + k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME))
+    write_selected_tags_csv(
+        folder / "selected_tags.csv",
+        _names(_GENERAL_NAMES, num_general, "general"),
+        _names(_CHARACTER_NAMES, num_character, "character"),
+    )
+    return folder
