@@ -44,7 +44,7 @@ def to_command_error(error: TagloopError) -> CommandError:
     return CommandError(with_flags(str(error)), exit_code_for(error))
 
 
-def with_flags(message: str) -> str:
+def with_flags(message: str, aliases: dict[str, str] | None = None) -> str:
     """Library messages name settings in backticks (`` `steps` ``); on the command line, add the
     option that sets each one: `` `steps` (--steps) ``."""
     import re
@@ -52,7 +52,7 @@ def with_flags(message: str) -> str:
     ctx = click.get_current_context(silent=True)
     if ctx is None:
         return message
-    flags: dict[str, str] = {}
+    flags: dict[str, str] = dict(aliases or {})  # settings whose name differs from their option's
     for param in ctx.command.params:
         longs = [o for o in getattr(param, "opts", []) if o.startswith("--")]
         if param.name and longs:
@@ -64,7 +64,7 @@ def with_flags(message: str) -> str:
         flag = flags.get(m.group(1))
         return f"`{m.group(1)}` ({flag})" if flag else m.group(0)
 
-    return re.sub(r"`([a-z][a-z0-9_]*)`", add, message)
+    return re.sub(r"`([a-z][a-z0-9_]*)`(?! \()", add, message)
 
 
 def interrupted() -> click.exceptions.Exit:

@@ -41,16 +41,9 @@ _SETTING_FLAGS = {
 
 def _fail(message: str) -> None:
     """One sentence on stderr, exit 2; a setting named in backticks gets its option: `lora_dirs` (--lora-dir)."""
-    import re
-
     from .errors import with_flags
 
-    message = re.sub(
-        r"`([a-z][a-z0-9_]*)`(?! \()",
-        lambda m: f"`{m.group(1)}` ({_SETTING_FLAGS[m.group(1)]})" if m.group(1) in _SETTING_FLAGS else m.group(0),
-        message,
-    )
-    click.echo(f"tagloop: {with_flags(message)}", err=True)
+    click.echo(f"tagloop: {with_flags(message, aliases=_SETTING_FLAGS)}", err=True)
     sys.exit(2)
 
 

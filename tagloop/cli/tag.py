@@ -430,7 +430,8 @@ def tag_command(
     if stopped:
         raise interrupted()
     if failed_records:
-        click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
+        if quiet:  # otherwise the summary line above has said how many failed
+            click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 # The loading code lives here; recognising, locating and networks have their own modules, and
 # their names stay importable from this one.
+from ..devices import resolve_device  # noqa: F401  (the one device resolution)
 from ..weights import classify_keys, describe_kind, safetensors_header  # noqa: F401
 from .locate import *  # noqa: F401,F403
 from .locate import ModelSource, packaged_config_dir
@@ -34,17 +35,6 @@ from .recognise import *  # noqa: F401,F403
 from .recognise import PACKAGED_CONFIGS, PIPELINE_CLASSES, GeneratorError, ModelFileError, checkpoint_tensors
 
 # --- loading -------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error.
-
-    tagloop's one device resolution (:func:`tagloop.devices.resolve_device`): the error says what torch
-    shows (a CPU-only build, or a CUDA build and how many GPUs it sees) instead of guessing the cause.
-    """
-    from ..devices import resolve_device as resolve
-
-    return resolve(device)
 
 
 def resolve_dtype(dtype: str, device: str, source: ModelSource | None = None) -> tuple[str, str | None]:
