@@ -21,6 +21,8 @@ COMMANDS = {
     "convert-deepdanbooru": (".tag", "convert_deepdanbooru_command"),
     "prompt": (".prompt", "prompt_command"),
     "generate": (".generate", "generate_command"),
+    "reproduce": (".reproduce", "reproduce_command"),
+    "report": (".reproduce", "report_command"),
     "info": (".info", "info_command"),
     "demo": (".demo", "demo_command"),
 }

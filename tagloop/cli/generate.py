@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -50,6 +51,60 @@ def _fail(message: str) -> None:
 def _explicit(ctx: click.Context, name: str) -> bool:
     src = ctx.get_parameter_source(name)
     return src is not None and src.name not in ("DEFAULT",)
+
+
+#: The generate command's options that :func:`base_generation_settings` and :func:`build_generator` read.
+GENERATOR_OPTION_NAMES = (
+    "model", "sampler", "schedule_type", "steps", "cfg", "size", "max_batch", "clip_skip", "hires_scale", "hires_steps",
+    "hires_denoise", "hires_upscaler", "vae", "lora_dir", "embeddings_dir", "a1111_dir", "comfyui_dir", "device", "dtype",
+    "offload", "vae_tiling", "attention_slicing", "compile_", "allow_pickle", "config_dir", "quiet",
+)  # fmt: skip
+
+
+def base_generation_settings(opts: dict):
+    """The sampling settings the options give (sampler, steps, CFG, size, clip skip, hires fix)."""
+    from ..generator.generate import GenerationSettings
+
+    size = opts.get("size")
+    return GenerationSettings(
+        sampler=opts.get("sampler"),
+        schedule_type=opts.get("schedule_type"),
+        steps=opts.get("steps"),
+        cfg_scale=opts.get("cfg"),
+        width=size[0] if size else None,
+        height=size[1] if size else None,
+        max_batch=opts.get("max_batch") or 4,
+        clip_skip=opts.get("clip_skip") or 1,
+        hires_scale=opts.get("hires_scale"),
+        hires_steps=opts.get("hires_steps") or 0,
+        hires_denoise=opts.get("hires_denoise") if opts.get("hires_denoise") is not None else 0.5,
+        hires_upscaler=opts.get("hires_upscaler") or "latent",
+    )
+
+
+def build_generator(opts: dict):
+    """The :class:`Generator` the options name (resolved now: a missing model is an error before any work)."""
+    from ..generator.generate import Generator
+
+    return Generator(
+        opts["model"],
+        vae=opts.get("vae"),
+        lora_dirs=opts.get("lora_dir") or (),
+        embeddings_dirs=opts.get("embeddings_dir") or (),
+        a1111_dir=opts.get("a1111_dir"),
+        comfyui_dir=opts.get("comfyui_dir"),
+        device=opts.get("device") or "auto",
+        dtype=opts.get("dtype") or "auto",
+        offload=opts.get("offload") or "none",
+        vae_tiling=bool(opts.get("vae_tiling")),
+        attention_slicing=bool(opts.get("attention_slicing")),
+        compile=bool(opts.get("compile_")),
+        allow_pickle=bool(opts.get("allow_pickle")),
+        config=opts.get("config_dir"),
+        progress=not opts.get("quiet"),
+        quiet=bool(opts.get("quiet")),
+        notice=lambda m: click.echo(m, err=True),
+    )
 
 
 @click.command("generate", context_settings={"help_option_names": ["-h", "--help"]})
@@ -209,7 +264,7 @@ def generate_command(ctx: click.Context, **opts) -> None:
       tagloop generate --model sdxl.safetensors --from-json prompts.json --size 1024x1024
       tagloop generate --model m.safetensors --infotext 00012-2607380765.png
     """
-    from ..generator.generate import GenerationSettings, Generator, read_prompt_file, read_prompt_json, settings_from_infotext
+    from ..generator.generate import read_prompt_file, read_prompt_json, settings_from_infotext
 
     if opts["list_samplers"]:
         from ..a1111.samplers import list_samplers
@@ -223,29 +278,18 @@ def generate_command(ctx: click.Context, **opts) -> None:
     if len(sources) > 1:
         _fail("give only one of --prompt, --prompt-file and --from-json.")
     try:
-        size = opts["size"]
-        settings = GenerationSettings(
+        settings = dataclasses.replace(
+            base_generation_settings(opts),
             prompt=opts["prompt"] or "",
             negative_prompt=opts["negative"] or "",
-            sampler=opts["sampler"],
-            schedule_type=opts["schedule_type"],
-            steps=opts["steps"],
-            cfg_scale=opts["cfg"],
             seed=opts["seed"],
-            width=size[0] if size else None,
-            height=size[1] if size else None,
             batch_size=opts["batch_size"],
             batch_count=opts["batch_count"],
-            max_batch=opts["max_batch"],
-            clip_skip=opts["clip_skip"],
             init_image=opts["init_image"],
             denoising_strength=opts["denoise"],
-            hires_scale=opts["hires_scale"],
-            hires_steps=opts["hires_steps"],
-            hires_denoise=opts["hires_denoise"],
-            hires_upscaler=opts["hires_upscaler"],
             out_dir=Path(opts["out_dir"]),
         )
+        size = opts["size"]
         if opts["infotext"]:
             from dataclasses import replace
 
@@ -279,25 +323,7 @@ def generate_command(ctx: click.Context, **opts) -> None:
             settings.prompts = read_prompt_json(opts["from_json"], opts["negative"] or "")
         if opts["init_image"] and not Path(opts["init_image"]).is_file():
             _fail(f"`--init-image` {opts['init_image']} does not exist.")
-        gen = Generator(
-            opts["model"],
-            vae=opts["vae"],
-            lora_dirs=opts["lora_dir"],
-            embeddings_dirs=opts["embeddings_dir"],
-            a1111_dir=opts["a1111_dir"],
-            comfyui_dir=opts["comfyui_dir"],
-            device=opts["device"],
-            dtype=opts["dtype"],
-            offload=opts["offload"],
-            vae_tiling=opts["vae_tiling"],
-            attention_slicing=opts["attention_slicing"],
-            compile=opts["compile_"],
-            allow_pickle=opts["allow_pickle"],
-            config=opts["config_dir"],
-            progress=not opts["quiet"],
-            quiet=opts["quiet"],
-            notice=lambda m: click.echo(m, err=True),
-        )
+        gen = build_generator(opts)
         gen.prepare(settings)  # every check before the model loads, outputs over inputs included
         images = gen.generate(settings)
     except OutputPathError as e:  # an image of this run would be written over one of its inputs

@@ -28,6 +28,66 @@ def _split_pairs(values: tuple[str, ...], what: str) -> None:
             raise click.BadParameter(f"{v!r} is not `{what}`.")
 
 
+#: The prompt command's options that :func:`build_prompt_settings` reads (``reproduce`` shares them).
+PROMPT_OPTION_NAMES = (
+    "filter_files", "block", "style", "preset", "negative_preset", "negative_extra", "quality", "trigger_words", "loras",
+    "budget", "tokenizer", "always_first", "max_tags", "replace_pairs", "replace_files", "no_overlap", "keep_rating",
+    "character_first", "category_order", "emphasis", "emphasis_range", "weights", "use_spaces", "escape",
+)  # fmt: skip
+
+
+def build_prompt_settings(**opts: Any):
+    """:class:`PromptSettings` from the prompt options' values (``emphasis_range`` as ``LOW:HIGH`` or a pair)."""
+    from ..prompt.composer import PromptSettings
+
+    _split_pairs(tuple(opts.get("replace_pairs") or ()), "old=new")
+    _split_pairs(tuple(opts.get("weights") or ()), "tag=weight")
+    rng = opts.get("emphasis_range") or "0.8:1.2"
+    if isinstance(rng, str):
+        try:
+            lo, hi = (float(x) for x in rng.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"{rng!r} is not LOW:HIGH, e.g. 0.8:1.2.", param_hint="--emphasis-range") from None
+    else:
+        lo, hi = rng
+    category_order = opts.get("category_order")
+    always_first = opts.get("always_first")
+    quality = opts.get("quality")
+    order = None
+    if category_order is not None:
+        order = tuple(canonical(c) for c in split_tags(category_order))
+    elif opts.get("character_first") is False:
+        order = ()
+    try:
+        return PromptSettings(
+            filter_files=tuple(opts.get("filter_files") or ()),
+            block=tuple(opts.get("block") or ()),
+            keep_rating=bool(opts.get("keep_rating")),
+            style=opts.get("style"),
+            overlap=not opts.get("no_overlap"),
+            replace=tuple(opts.get("replace_pairs") or ()),
+            replace_files=tuple(opts.get("replace_files") or ()),
+            always_first=tuple(split_tags(always_first)) if always_first else (),
+            category_order=order,
+            max_tags=opts.get("max_tags"),
+            preset=opts.get("preset"),
+            quality_tags=None if quality is None else tuple(split_tags(quality)),
+            trigger_words=tuple(t for w in opts.get("trigger_words") or () for t in split_tags(w)),
+            loras=tuple(opts.get("loras") or ()),
+            negative_preset=opts.get("negative_preset"),
+            negative_extra=tuple(t for n in opts.get("negative_extra") or () for t in split_tags(n)),
+            emphasis=opts.get("emphasis"),
+            emphasis_range=(lo, hi),
+            weights=tuple(opts.get("weights") or ()),
+            budget=opts.get("budget"),
+            tokenizer=opts.get("tokenizer") or "auto",
+            use_spaces=opts.get("use_spaces"),
+            escape=opts.get("escape"),
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
 _OWN_NAMES = {"max_tags"}  # options this command defines itself even if the tagger's decorator has them too
 
 
@@ -209,7 +269,7 @@ def prompt_command(
       tagloop prompt --from-json tags.json --filters filter.txt --style anime --budget 75 --format json
       tagloop prompt img.png --model deepdanbooru --a1111-dir ~/sd-webui --negative-preset anime
     """
-    from ..prompt.composer import PromptSettings, compose_prompt
+    from ..prompt.composer import compose_prompt
 
     sources = [s for s in (image, tags_text, from_json) if s is not None]
     if len(sources) != 1:
@@ -232,39 +292,32 @@ def prompt_command(
     if emphasis in ("confidence", "score") and not scored:
         raise click.UsageError(f"`--emphasis {emphasis}` needs tagger scores: use --from-json, or write tags as `(tag:0.9)`.")
 
-    order = None
-    if category_order is not None:
-        order = tuple(canonical(c) for c in split_tags(category_order))
-    elif character_first is False:
-        order = ()
-    try:
-        settings = PromptSettings(
-            filter_files=tuple(filter_files),
-            block=tuple(block),
-            keep_rating=keep_rating,
-            style=style,
-            overlap=not no_overlap,
-            replace=tuple(replace_pairs),
-            replace_files=tuple(replace_files),
-            always_first=tuple(split_tags(always_first)) if always_first else (),
-            category_order=order,
-            max_tags=max_tags,
-            preset=preset,
-            quality_tags=None if quality is None else tuple(split_tags(quality)),
-            trigger_words=tuple(t for w in trigger_words for t in split_tags(w)),
-            loras=tuple(loras),
-            negative_preset=negative_preset,
-            negative_extra=tuple(t for n in negative_extra for t in split_tags(n)),
-            emphasis=emphasis,
-            emphasis_range=(lo, hi),
-            weights=tuple(weights),
-            budget=budget,
-            tokenizer=tokenizer or "auto",
-            use_spaces=use_spaces,
-            escape=escape,
-        )
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
+    settings = build_prompt_settings(
+        filter_files=filter_files,
+        block=block,
+        style=style,
+        preset=preset,
+        negative_preset=negative_preset,
+        negative_extra=negative_extra,
+        quality=quality,
+        trigger_words=trigger_words,
+        loras=loras,
+        budget=budget,
+        tokenizer=tokenizer,
+        always_first=always_first,
+        max_tags=max_tags,
+        replace_pairs=replace_pairs,
+        replace_files=replace_files,
+        no_overlap=no_overlap,
+        keep_rating=keep_rating,
+        character_first=character_first,
+        category_order=category_order,
+        emphasis=emphasis,
+        emphasis_range=(lo, hi),
+        weights=weights,
+        use_spaces=use_spaces,
+        escape=escape,
+    )
 
     composed = []
     failed = 0

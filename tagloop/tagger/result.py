@@ -52,6 +52,9 @@ class TagResult:
     error: str | None = None
     threshold_mode: str | None = None
     band_threshold: float | None = None
+    #: every non-rating tag's probability down to ``TagOptions.prob_floor``, highest first (None
+    #: unless asked for); not part of the tag command's JSON
+    probs: list[TagScore] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:

@@ -44,6 +44,9 @@ class TagOptions:
     workers: int = field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2))))
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     compute_edge_density: bool = True
+    #: keep every non-rating probability >= this in ``TagResult.probs`` (None: keep none); the
+    #: reproduction report scores and re-thresholds from them
+    prob_floor: float | None = None
 
     def check(self) -> None:
         """Raise :class:`~tagloop.errors.InputError` naming the first setting out of range."""
@@ -106,8 +109,25 @@ def _prepare(tagger: Tagger, index: int, source: ImageSource, name: str, options
 
 def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | None, options: TagOptions) -> TagResult:
     """Turn one row of probabilities into a :class:`TagResult` with the thresholds applied."""
+    return threshold_probs(tagger.tags, tagger.categories, probs, density, options, path=path, model=tagger.source)
+
+
+def threshold_probs(
+    names: Sequence[str],
+    categories: Sequence[str],
+    probs: np.ndarray | Sequence[float],
+    density: float | None,
+    options: TagOptions,
+    path: str = "",
+    model: str | None = None,
+) -> TagResult:
+    """The thresholds of ``options`` applied to one image's probabilities over ``names`` -> :class:`TagResult`.
+
+    The one thresholding rule, for a model's full output and for probabilities kept in a report
+    (re-thresholding a finished run without the model).
+    """
     probs = np.asarray(probs, dtype=np.float32).ravel()
-    cats = np.asarray(tagger.categories)
+    cats = np.asarray(categories)
     band_threshold = None
     if options.threshold is not None:
         base, complexity, mode = float(options.threshold), None, "fixed"
@@ -137,11 +157,14 @@ def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | 
 
     rating: dict[str, float] = {}
     tags: list[TagScore] = []
+    kept: list[TagScore] | None = [] if options.prob_floor is not None else None
     for i in np.argsort(-probs, kind="stable"):
-        name, cat, p = tagger.tags[i], tagger.categories[i], float(probs[i])
+        name, cat, p = names[i], categories[i], float(probs[i])
         if cat == "rating":
             rating[name.removeprefix("rating:")] = p
             continue
+        if kept is not None and p >= float(options.prob_floor or 0.0):
+            kept.append(TagScore(name, p, cat))
         thr = character_thr if cat == "character" else general_thr
         if p >= thr:
             tags.append(TagScore(name, p, cat))
@@ -155,9 +178,10 @@ def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | 
         edge_density=density,
         complexity=complexity,
         thresholds=thresholds,
-        model=tagger.source,
+        model=model,
         threshold_mode=mode,
         band_threshold=band_threshold,
+        probs=kept,
     )
 
 
