@@ -9,6 +9,8 @@ The public API, imported lazily (``import tagloop`` loads neither torch nor diff
     prompt = tagloop.compose_prompt(result, preset="sd15-anime")
     gen = tagloop.load_generator("anything-v5.safetensors")
     images = gen.generate(prompt=prompt.positive, negative_prompt=prompt.negative, seed=42)
+    run = tagloop.reproduce("a.png", tagger=tagger, generator=gen, variants=4, refine=2, out_dir="runs")
+    print(run.best["f1"], run.best["why"])            # ReproduceResult; run.report is report.json
 """
 
 __version__ = "0.1.0"
@@ -20,6 +22,12 @@ _API = {
     "load_generator": "api",
     "read_infotext": "api",
     "clear_cache": "api",
+    "reproduce": "api",
+    "compare": "api",
+    "ReproduceResult": "pipeline.reproduce",
+    "ReproduceSettings": "pipeline.reproduce",
+    "Comparison": "pipeline.reproduce",
+    "VariantResult": "pipeline.reproduce",
     "TagloopError": "errors",
     "ConfigError": "errors",
     "InputError": "errors",

@@ -204,6 +204,185 @@ def clear_cache() -> None:
             torch.cuda.empty_cache()
 
 
+def _split_settings(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword settings -> per stage (tag options, prompt settings, generation settings, loop settings)."""
+    import dataclasses
+
+    from .errors import InputError
+    from .generator.settings import GenerationSettings
+    from .pipeline.reproduce import ReproduceSettings
+    from .prompt.composer import PromptSettings
+    from .tagger.run import TagOptions
+
+    stages = {
+        "tag": {f.name for f in dataclasses.fields(TagOptions)} - {"prob_floor"},
+        "prompt": {f.name for f in dataclasses.fields(PromptSettings)} - {"max_tags"},
+        "generate": {f.name for f in dataclasses.fields(GenerationSettings)}
+        - {"prompt", "negative_prompt", "prompts", "seed", "batch_size", "batch_count", "init_image", "denoising_strength", "out_dir"},
+        "loop": {f.name for f in dataclasses.fields(ReproduceSettings)},
+    }
+    out: dict[str, dict[str, Any]] = {k: {} for k in stages}
+    for key, value in settings.items():
+        if key == "max_tags":  # one name, two stages: the prompt's tag count (the tagger's is `tag_max_tags`)
+            out["prompt"][key] = value
+            continue
+        if key == "tag_max_tags":
+            out["tag"]["max_tags"] = value
+            continue
+        stage = next((name for name, keys in stages.items() if key in keys), None)
+        if stage is None:
+            known = sorted(set().union(*stages.values()))
+            raise InputError(f"unknown setting {key!r}; known: {', '.join(known)}.")
+        out[stage][key] = value
+    return out
+
+
+def _as_tagger(tagger: Any, device: str) -> Tagger:
+    from .tagger.base import Tagger as TaggerClass
+
+    return tagger if isinstance(tagger, TaggerClass) else load_tagger(tagger, device=device)
+
+
+def _loop_parts(tagger, judge_tagger, clip_model, device, settings):
+    import dataclasses
+
+    from .errors import InputError
+    from .pipeline.reproduce import ReproduceSettings
+    from .prompt.composer import PromptSettings
+    from .tagger.run import make_tag_options
+
+    parts = _split_settings(settings)
+    try:
+        prompt_settings = PromptSettings(**parts["prompt"])
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
+    loop = parts["loop"]
+    return (
+        _as_tagger(tagger, device),
+        make_tag_options(**parts["tag"]),
+        prompt_settings,
+        parts["generate"],
+        loop,
+        _as_tagger(judge_tagger, device) if judge_tagger is not None else None,
+        _clip(clip_model, device),
+        dataclasses.fields(ReproduceSettings),
+    )
+
+
+def _clip(clip_model: Any, device: str):
+    if clip_model is None:
+        return None
+    if isinstance(clip_model, (str, Path)):
+        from .report.clip import load_clip
+
+        return load_clip(clip_model, device=device)
+    return clip_model
+
+
+def reproduce(
+    image: Any,
+    *,
+    tagger: Any = None,
+    generator: Any,
+    variants: int = 4,
+    refine: int = 0,
+    seed: int = -1,
+    out_dir: str | Path | None = None,
+    judge_tagger: Any = None,
+    clip_model: Any = None,
+    device: str = "auto",
+    **settings: Any,
+):
+    """Reproduce a picture: tag, compose, generate ``variants``, tag them again, score; ``refine`` more rounds.
+
+    ``image``: a path, bytes or PIL image -> :class:`~tagloop.pipeline.reproduce.ReproduceResult`;
+    a list of paths or a folder -> a list of them (``out_dir`` then holds ``<stem>/`` per source
+    and ``index.html``). ``tagger``/``judge_tagger``: a :class:`Tagger` or a model name (None: the
+    default tagger); ``generator``: a :class:`Generator` or a model name. ``settings``: fields of
+    :class:`TagOptions` (``threshold``...), :class:`PromptSettings` (``preset``, ``filter_files``,
+    ``max_tags``...), :class:`GenerationSettings` (``steps``, ``sampler``, ``width``...) and
+    :class:`~tagloop.pipeline.reproduce.ReproduceSettings` (``img2img``, ``denoise``, ``floor``,
+    ``groups``...). With ``out_dir`` the files of ``tagloop reproduce`` are written (and a re-run
+    resumes); without it nothing is written and ``result.variants[i].image`` holds the pictures.
+    """
+    import dataclasses
+
+    from .generator.generate import Generator as GeneratorClass
+    from .generator.settings import make_settings
+    from .pipeline.reproduce import Reproducer, ReproduceSettings, unique_stems
+    from .tagger.preprocess import ImageDecodeError
+
+    tagger_obj, tag_options, prompt_settings, gen_fields, loop, judge, clip, _ = _loop_parts(
+        tagger, judge_tagger, clip_model, device, settings
+    )
+    gen = generator if isinstance(generator, GeneratorClass) else load_generator(generator, device=device, progress=False)
+    loop_settings = ReproduceSettings(variants=variants, refine=refine, seed=seed, **loop)
+    rep = Reproducer(
+        tagger_obj,
+        gen,
+        tag_options=tag_options,
+        prompt_settings=prompt_settings,
+        generation=make_settings(None, **gen_fields),
+        settings=loop_settings,
+        judge=judge,
+        clip=clip,
+    )
+    many = isinstance(image, (list, tuple)) or (isinstance(image, (str, Path)) and Path(image).is_dir())
+    if not many:
+        folder = None
+        if out_dir is not None:
+            stem = unique_stems([image if isinstance(image, (str, Path)) else "image"])[0]
+            folder = Path(out_dir) / stem
+        try:
+            return rep.run(image, folder)
+        except ImageDecodeError as e:
+            from .errors import InputError
+
+            raise InputError(f"cannot reproduce {image if isinstance(image, (str, Path)) else 'the image'}: {e}") from None
+    from .tagger.run import expand_paths
+
+    files, problems = expand_paths([image] if isinstance(image, (str, Path)) else image)
+    if out_dir is not None:
+        return rep.run_many([str(f) for f in files], Path(out_dir))
+    return [dataclasses.replace(rep.run(str(f)), skipped=False) for f in files]
+
+
+def compare(
+    source: Any,
+    variants: Iterable[Any],
+    *,
+    groups: str | Path | None = None,
+    tagger: Any = None,
+    judge_tagger: Any = None,
+    clip_model: Any = None,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    **settings: Any,
+):
+    """Score any pictures against a source -> :class:`~tagloop.pipeline.reproduce.Comparison`.
+
+    ``variants``: paths, bytes or PIL images (made anywhere). ``groups``: a tag group file (None:
+    the built-in groups). ``settings``: tag options and filter settings (``threshold``,
+    ``filter_files``, ``floor``...). With ``out_dir``, report.json and report.html are written there.
+    """
+    from .pipeline.reproduce import ReproduceSettings, compare_images
+
+    tagger_obj, tag_options, prompt_settings, gen_fields, loop, judge, clip, _ = _loop_parts(
+        tagger, judge_tagger, clip_model, device, settings
+    )
+    return compare_images(
+        tagger_obj,
+        source,
+        list(variants),
+        tag_options=tag_options,
+        prompt_settings=prompt_settings,
+        settings=ReproduceSettings(groups=groups, **loop),
+        judge=judge,
+        clip=clip,
+        out=Path(out_dir) if out_dir is not None else None,
+    )
+
+
 def default_tagger_model() -> str:
     """The config file's tagger ``model`` ([tag] table first, then top level), else the default."""
     from .tagger.resolve import DEFAULT_MODEL

@@ -34,23 +34,24 @@ def demo_run(tmp_path_factory):
 def test_demo_runs_the_loop(demo_run):
     out, _ = demo_run
     report = _report(out)
-    assert report["source"]["complexity"] in ("simple", "medium", "complex")
+    assert report["schema_version"] == 1 and report["status"] == "ok"
+    assert report["source_tags"]["tagger"]["complexity"] in ("simple", "medium", "complex")
     assert report["prompt"]["positive"].startswith("masterpiece")
-    assert len(report["variants"]) == 2
-    seeds = [v["seed"] for v in report["variants"]]
-    assert seeds == [1234, 1235]
+    first = [v for v in report["variants"] if v["round"] == 0]
+    assert [v["seed"] for v in first] == [1234, 1235]
+    assert 2 <= len(report["variants"]) <= 4  # a refinement round with the same seeds, unless nothing changed
     for v in report["variants"]:
-        meta = read_image_metadata(Path(v["path"]))
+        meta = read_image_metadata(out / v["file"])
         assert meta.parameters["Seed"] in ("1234", "1235", 1234, 1235)
         assert "Negative prompt" in meta.parameters
-        assert 0.0 <= v["jaccard"] <= 1.0
-    assert (out / MARKER).is_file()
-    assert "not" in report["overlap"] and "random-weight" in report["overlap"]
+        assert 0.0 <= v["scores"]["tagger"]["jaccard"] <= 1.0
+    assert (out / MARKER).is_file() and (out / "report.html").is_file()
+    assert "not" in report["note"] and "random-weight" in report["note"]
 
 
 def test_demo_prints_the_adaptive_band_threshold(demo_run):
     out, output = demo_run
-    source = _report(out)["source"]
+    source = _report(out)["source_tags"]["tagger"]
     assert source["threshold_mode"] == "adaptive"
     m = re.search(r"edge density [0-9.]+ -> (\w+) band, threshold ([0-9.]+): (\d+) tags", output)
     assert m, output
@@ -66,9 +67,9 @@ def test_demo_overlap_numbers_move(demo_run):
     1.00/1.00/1.00 on pure-noise variants."""
     out, _ = demo_run
     report = _report(out)
-    values = [v[k] for v in report["variants"] for k in ("recall", "precision", "jaccard")]
+    values = [v["scores"]["tagger"][k] for v in report["variants"] for k in ("recall", "precision", "jaccard")]
     assert not all(x == 1.0 for x in values), values
-    assert any(set(v["tags"]) != {t["name"] for t in report["source"]["tags"]} for v in report["variants"])
+    assert any(v["scores"]["tagger"]["missing"] or v["scores"]["tagger"]["spurious"] for v in report["variants"])
 
 
 def test_demo_tagger_scores_follow_the_pixels(demo_run):
@@ -109,12 +110,12 @@ def test_demo_rerun_starts_clean_and_keeps_models_and_user_files(tmp_path):
     Image.new("RGB", (8, 8)).save(user_png)
     user_note = out / "variants" / "notes.txt"
     user_note.write_text("keep me", encoding="utf-8")
-    r = _demo(out, "--variants", "1", "--seed", "77")
+    r = _demo(out, "--variants", "1", "--seed", "77", "--refine", "0")
     assert r.exit_code == 0, r.output
     report = _report(out)
     demo_pngs = sorted(p.name for p in (out / "variants").glob("*.png") if p != user_png)
-    assert demo_pngs == ["00000-77.png"]  # the first run's two variants are gone
-    assert [Path(v["path"]).name for v in report["variants"]] == demo_pngs
+    assert demo_pngs == ["r0-00000-77.png"]  # the first run's variants are gone
+    assert [Path(v["file"]).name for v in report["variants"]] == demo_pngs
     assert user_png.is_file() and user_note.read_text(encoding="utf-8") == "keep me"
     assert sorted(p.relative_to(out) for p in (out / "models").rglob("*") if p.is_file()) == model_files
 

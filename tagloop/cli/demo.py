@@ -19,14 +19,18 @@ from .errors import handle_errors
 )
 @click.option("--variants", type=click.IntRange(1, 8), default=2, show_default=True, help="Images to generate.")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the first variant.")
+@click.option("--refine", type=click.IntRange(0, 4), default=1, show_default=True, help="Refinement rounds after the first.")
 @handle_errors
-def demo_command(out, variants, seed):
-    """Run the whole loop offline on tiny built-in models (random weights): tag, prompt, generate, re-tag.
+def demo_command(out, variants, seed, refine):
+    """Run the loop of `tagloop reproduce` offline on tiny built-in models (random weights).
+
+    Tag, prompt, generate, re-tag, score against a calibration ceiling, refine; writes
+    OUT/report.json and OUT/report.html.
 
     \b
     Example:
-      tagloop demo --out tagloop-demo --variants 3
+      tagloop demo --out tagloop-demo --variants 3 --refine 2
     """
     from ..pipeline.demo import run_demo
 
-    run_demo(Path(out), variants=variants, seed=seed, echo=click.echo)
+    run_demo(Path(out), variants=variants, seed=seed, refine=refine, echo=click.echo)

@@ -34,9 +34,9 @@ MARKER = ".tagloop-demo"
 DD_FILE = "deepdanbooru-tiny-v2.safetensors"
 SD_FOLDER = "sd15-tiny"
 #: What a demo folder holds (the marker, the model cache and one run's outputs).
-_DEMO_ENTRIES = {MARKER, "models", "variants", "source.png", "report.json"}
-#: A1111's variant file names, ``00000-SEED.png``.
-_VARIANT_NAME = re.compile(r"^\d{5,}--?\d+\.png$")
+_DEMO_ENTRIES = {MARKER, "models", "variants", "source.png", "report.json", "report.html", "prompt.json"}
+#: Variant file names: the loop's ``r0-00000-SEED.png``, and A1111's ``00000-SEED.png`` (older demos).
+_VARIANT_NAME = re.compile(r"^(r\d+-)?\d{5,}--?\d+\.png$")
 
 
 def draw_source_image(size: int = 256, seed: int = 7) -> Image.Image:
@@ -220,7 +220,7 @@ def prepare_out(p: DemoPaths) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MARKER, json.dumps({"created_by": "tagloop demo", "version": 1}) + "\n")
-    for f in (p.report, p.source):
+    for f in (p.report, p.source, out / "report.html", out / "prompt.json"):
         if f.is_file():
             f.unlink()
     if p.variants.is_dir():
@@ -229,22 +229,20 @@ def prepare_out(p: DemoPaths) -> None:
                 f.unlink()
 
 
-def overlap(source: set[str], variant: set[str]) -> dict[str, float]:
-    """Recall of the source's tags, precision of the variant's, and Jaccard of the two sets."""
-    inter = len(source & variant)
-    return {
-        "recall": inter / len(source) if source else 1.0,
-        "precision": inter / len(variant) if variant else 1.0,
-        "jaccard": inter / len(source | variant) if source | variant else 1.0,
-    }
+NOTE = (
+    "random-weight demo: tiny models with random weights; the numbers show that every stage and score runs, "
+    "not how good a model or picture is"
+)
 
 
-def run_demo(out: Path, variants: int = 2, seed: int = 1234, echo=print) -> dict:
+def run_demo(out: Path, variants: int = 2, seed: int = 1234, refine: int = 1, echo=print) -> dict:
+    """The loop of ``tagloop reproduce`` on the tiny models: writes OUT/report.json and OUT/report.html."""
     from ..generator.generate import GenerationSettings, Generator
-    from ..prompt import PromptSettings, compose_prompt
+    from ..prompt import PromptSettings
     from ..tagger.base import LoadOptions
     from ..tagger.resolve import get_tagger
-    from ..tagger.run import TagOptions, tag_image, tag_sources
+    from ..tagger.run import TagOptions
+    from .reproduce import Reproducer, ReproduceSettings
 
     _quiet_loaders()
     p = _paths(Path(out))
@@ -254,76 +252,54 @@ def run_demo(out: Path, variants: int = 2, seed: int = 1234, echo=print) -> dict
     echo("tagger's scores follow the pixels, but tag names and pictures mean nothing until you point tagloop")
     echo("at real models (see README).\n")
     dd_path, sd_path = build_models(p.models)
-    source = draw_source_image()
-    source.save(p.source)
-
     tagger = get_tagger(str(dd_path), LoadOptions(device="cpu"))
-    options = TagOptions(workers=2)  # threshold=None: the adaptive edge-density band, as `tagloop tag`
-    result = tag_image(tagger, str(p.source), options, name=str(p.source))
-    echo(
-        f"1. tag      {p.source.name}: edge density {result.edge_density:.3f} -> {result.complexity} band, "
-        f"threshold {result.threshold:.2f}: {len(result.tags)} tags"
-    )
-    echo(f"           {', '.join(f'{t.name} {t.score:.2f}' for t in result.tags) or '(none)'}")
-
-    composed = compose_prompt(result, PromptSettings(tokenizer="estimate"))
-    echo(f"2. prompt   {composed.positive}")
-    echo(f"           Negative prompt: {composed.negative}")
-
     gen = Generator(str(sd_path), device="cpu", progress=False, notice=lambda m: None)
-    images = gen.generate(
-        GenerationSettings(
-            prompt=composed.positive,
-            negative_prompt=composed.negative,
-            seed=seed,
-            batch_size=variants,
-            steps=4,
-            width=64,
-            height=64,
-            sampler="Euler a",
-            out_dir=p.variants,
-        )
+    reproducer = Reproducer(
+        tagger,
+        gen,
+        tag_options=TagOptions(workers=2),  # threshold None: the adaptive edge-density band, as `tagloop tag`
+        prompt_settings=PromptSettings(tokenizer="estimate"),
+        generation=GenerationSettings(steps=4, width=64, height=64, sampler="Euler a"),
+        settings=ReproduceSettings(variants=variants, refine=refine, seed=seed, note=NOTE),
     )
-    echo(f"3. generate {len(images)} variants -> {p.variants}/ (A1111 'parameters' chunk in each PNG)")
-
-    source_tags = set(result.names())
-    rows = []
-    for img, again in zip(images, tag_sources(tagger, [str(i.path) for i in images], options)):
-        scores = overlap(source_tags, set(again.names()))
-        rows.append(
-            {
-                "path": str(img.path),
-                "seed": img.seed,
-                "complexity": again.complexity,
-                "threshold": again.threshold,
-                "tags": again.names(),
-                **scores,
-            }
-        )
-    echo("4. re-tag   each variant with the same tagger; overlap of its tags with the source's tags")
+    result = reproducer.run(draw_source_image(), p.out, name="source.png")
+    report = result.report
+    src = report["source_tags"]["tagger"]
+    echo(
+        f"1. tag      source.png: edge density {src['edge_density']:.3f} -> {src['complexity']} band, "
+        f"threshold {src['threshold']:.2f}: {len(src['tags'])} tags"
+    )
+    listed = ", ".join(f"{t['name']} {t['score']:.2f}" for t in src["tags"])
+    echo(f"           {listed or '(none)'}")
+    echo(f"2. prompt   {report['prompt']['positive']}")
+    echo(f"           Negative prompt: {report['prompt']['negative']}")
+    echo(f"3. generate {variants} variant(s) a round -> {p.variants}/ (A1111 'parameters' chunk in each PNG)")
+    echo("4. re-tag   each variant with the same tagger and score it against the source's tags")
     echo("           (random-weight tagger reading both: shows the mechanics, not image or tag quality)")
-    echo("           variant                 seed   threshold  tags  recall  precision  jaccard")
-    for r in rows:
+    echo("           variant                    F1  recall  precision  soft recall")
+    for v in report["variants"]:
+        sc = v.get("scores", {}).get("tagger")
+        if sc is None:
+            echo(f"           {v['id']:<22} {v.get('error') or 'not scored'}")
+            continue
         echo(
-            f"           {Path(r['path']).name:<22} {r['seed']:<6} {r['threshold']:>9.2f} {len(r['tags']):>5} "
-            f"{r['recall']:>7.2f} {r['precision']:>10.2f} {r['jaccard']:>8.2f}"
+            f"           {v['id']:<22} {_num(sc['f1']):>6} {_num(sc['recall']):>7} {_num(sc['precision']):>10} "
+            f"{_num(sc['soft_recall']):>12}"
         )
-    report = {
-        "note": "random-weight demo: numbers show the mechanics, not model quality",
-        "overlap": (
-            "recall, precision and jaccard compare the tags a random-weight tagger reads from each variant "
-            "with the tags it read from the source (recall: share of the source's tags found again; precision: "
-            "share of the variant's tags that the source has; jaccard: intersection over union). Each image is "
-            "held to its own adaptive threshold. They show that re-tagging runs, not how good a model or image is."
-        ),
-        "source": {"path": str(p.source), **result.to_json()},
-        "prompt": composed.to_json(),
-        "variants": rows,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    atomic_write_text(p.report, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    echo(f"\nreport: {p.report}  ({report['seconds']} s). Try: tagloop info {rows[0]['path'] if rows else p.source}")
+    ceiling = (report["calibration"]["tagger"].get("ceiling") or {}).get("mean", {})
+    echo(f"           ceiling (the source against altered copies of itself): F1 {_num(ceiling.get('f1'))}")
+    for r in report["rounds"][1:]:
+        moves = ", ".join(f"{c['tag']} {c['change']}" + (f" {c['to']}" if c["to"] is not None else "") for c in r["changes"])
+        echo(f"5. refine   round {r['round']}: {moves or 'no change'}")
+    means = " -> ".join(_num((r["mean"].get("tagger") or {}).get("f1")) for r in report["rounds"])
+    echo(f"           mean F1 by round: {means}")
+    seconds = round(time.perf_counter() - t0, 2)
+    echo(f"\nreport: {p.out / 'report.html'} and {p.report} ({seconds} s). Try: tagloop info {p.variants}/{report['variants'][0]['id']}.png")
     return report
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _quiet_loaders() -> None:

@@ -165,6 +165,9 @@ def score_report(report: dict[str, Any], options: TagOptions, settings: ScoreSet
             "set": sorted(src.set, key=lambda k: (-src.set[k], k)),
             "threshold": result.threshold,
             "threshold_mode": result.threshold_mode,
+            "band_threshold": result.band_threshold,
+            "edge_density": result.edge_density,
+            "complexity": result.complexity,
             "rating": result.rating,
         }
         report["calibration"][scorer] = {
