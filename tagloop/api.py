@@ -218,7 +218,17 @@ def _split_settings(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "tag": {f.name for f in dataclasses.fields(TagOptions)} - {"prob_floor"},
         "prompt": {f.name for f in dataclasses.fields(PromptSettings)} - {"max_tags"},
         "generate": {f.name for f in dataclasses.fields(GenerationSettings)}
-        - {"prompt", "negative_prompt", "prompts", "seed", "batch_size", "batch_count", "init_image", "denoising_strength", "out_dir"},
+        - {
+            "prompt",
+            "negative_prompt",
+            "prompts",
+            "seed",
+            "batch_size",
+            "batch_count",
+            "init_image",
+            "denoising_strength",
+            "out_dir",
+        },
         "loop": {f.name for f in dataclasses.fields(ReproduceSettings)},
     }
     out: dict[str, dict[str, Any]] = {k: {} for k in stages}

@@ -44,3 +44,19 @@ def tiny_wd(tmp_path_factory):
     from tagloop.testing import save_tiny_wd14_onnx
 
     return save_tiny_wd14_onnx(tmp_path_factory.mktemp("tiny_wd") / "wd", num_general=12, num_character=4, seed=3)
+
+
+@pytest.fixture(scope="session")
+def loop_models(tmp_path_factory):
+    """The demo's tiny DeepDanbooru (scores follow the pixels) and tiny SD1 diffusers folder: ``(dd, sd)``."""
+    from tagloop.pipeline.demo import build_models
+
+    return build_models(tmp_path_factory.mktemp("loop_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP folder (``CLIPModel.save_pretrained`` layout)."""
+    from tagloop.testing import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip")

@@ -631,3 +631,44 @@ def test_index_in_browser(page, tmp_path):
     assert page.url == (tmp_path / "gamma" / "report.html").as_uri()
     assert page.locator("tr[data-variant-id]").count() == 3
     assert page.errors == []
+
+
+def test_a_real_run_in_browser(page, loop_models, tmp_path):
+    """`tagloop reproduce` on the tiny models, then its report.html and index.html in Chromium."""
+    from click.testing import CliRunner
+
+    from tagloop.cli import main
+    from tagloop.pipeline.demo import draw_source_image
+
+    dd, sd = loop_models
+    (tmp_path / "in").mkdir()
+    draw_source_image(seed=4).save(tmp_path / "in" / "girl.png")
+    out = tmp_path / "out"
+    args = ["reproduce", str(tmp_path / "in"), "--tagger", str(dd), "--model", str(sd), "--out", str(out)]
+    args += ["--variants", "3", "--refine", "1", "--seed", "3", "--steps", "3", "--size", "64x64", "--tokenizer", "estimate"]
+    r = CliRunner().invoke(main, [*args, "--device", "cpu", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "girl" / "report.json").read_text(encoding="utf-8"))
+
+    page.goto((out / "girl" / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    assert _row_order(page, "variants", "data-variant-id") == [v["id"] for v in report["variants"]]
+    cells = page.eval_on_selector_all(
+        "#variants tbody td[data-scorer][data-metric]",
+        "tds => tds.map(td => [td.closest('tr').dataset.variantId, td.dataset.scorer, td.dataset.metric, td.innerText.trim()])",
+    )
+    assert {(v, s, m): t for v, s, m, t in cells} == expected_cells(report)
+    missing = sum(len(v["scores"]["tagger"]["missing"]) for v in report["variants"])
+    assert page.locator("li.missing").count() >= min(1, missing)
+    assert page.locator("#rounds-chart circle").count() == len(report["rounds"])
+    widths = page.evaluate("() => Array.from(document.images).map(i => i.naturalWidth)")
+    assert len(widths) >= 1 + len(report["variants"]) and all(w > 0 for w in widths)
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    assert len(shot.getcolors(maxcolors=1 << 22) or range(1 << 22)) > 500 and max(ImageStat.Stat(shot).stddev) > 20
+    assert page.errors == []
+
+    page.goto((out / "index.html").as_uri())
+    assert _row_order(page, "sources", "data-stem") == ["girl"]
+    assert f"{report['best']['f1']:.3f}" in page.inner_text('tr[data-stem="girl"]')
+    assert page.errors == []
+    assert all(u.startswith(("file:", "data:")) for u in page.requests), page.requests

@@ -241,6 +241,12 @@ def reproduce_command(sources, model, out_dir, variants, refine, seed, img2img, 
         click.echo(f"tagloop: {path}: {message}", err=True)
 
     def on_result(result) -> None:
+        nonlocal failed
+        if result.status != "ok":  # recorded in its report; said on stderr and counted as a failed input
+            failed += 1
+            click.echo(f"tagloop: {_summary_line(result)}", err=True)
+            if opts.get("fmt") != "json":
+                return
         if opts.get("fmt") == "json":
             click.echo(json.dumps(_summary_json(result), ensure_ascii=False))
         else:

@@ -294,7 +294,9 @@ def run_demo(out: Path, variants: int = 2, seed: int = 1234, refine: int = 1, ec
     means = " -> ".join(_num((r["mean"].get("tagger") or {}).get("f1")) for r in report["rounds"])
     echo(f"           mean F1 by round: {means}")
     seconds = round(time.perf_counter() - t0, 2)
-    echo(f"\nreport: {p.out / 'report.html'} and {p.report} ({seconds} s). Try: tagloop info {p.variants}/{report['variants'][0]['id']}.png")
+    echo(
+        f"\nreport: {p.out / 'report.html'} and {p.report} ({seconds} s). Try: tagloop info {p.variants}/{report['variants'][0]['id']}.png"
+    )
     return report
 
 

@@ -35,6 +35,7 @@ from ..report.build import (
     index_entry,
     jsonable,
     read_report,
+    round_floats,
     score_report,
     tag_options_json,
     write_index,
@@ -676,6 +677,7 @@ class Reproducer:
         report = self._score(report)
         timings["total"] = time.perf_counter() - t_start
         report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        report = round_floats(report)
         by_id = {v["id"]: v for v in report["variants"]}
         for v in variants:
             v.scores = by_id[v.id].get("scores", {})
@@ -842,6 +844,7 @@ def compare_images(
     report = rep._score(report)
     timings["total"] = time.perf_counter() - t_start
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    report = round_floats(report)
     for r, v in zip(results, report["variants"]):
         r.scores = v.get("scores", {})
     if out is not None:

@@ -31,13 +31,13 @@ COMPARE_KIND = "tagloop-compare-report"
 TAGGER_SCORERS = ("tagger", "judge")
 
 
-def _round_floats(value: Any, digits: int = 6) -> Any:
+def round_floats(value: Any, digits: int = 6) -> Any:
     if isinstance(value, float):
         return round(value, digits)
     if isinstance(value, dict):
-        return {k: _round_floats(v, digits) for k, v in value.items()}
+        return {k: round_floats(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_round_floats(v, digits) for v in value]
+        return [round_floats(v, digits) for v in value]
     return value
 
 
@@ -252,7 +252,7 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
     from ..fileio import atomic_write_text
     from .html import render_report_html
 
-    report = _round_floats(report)
+    report = round_floats(report)
     atomic_write_text(folder / "report.html", render_report_html(report, folder))
     atomic_write_text(folder / "report.json", json.dumps(report, ensure_ascii=False, indent=1) + "\n")
 
@@ -273,7 +273,7 @@ def write_index(out: Path, entries: list[dict[str, Any]]) -> None:
     from ..fileio import atomic_write_text
     from .html import render_index_html
 
-    index = _round_floats({"schema_version": SCHEMA_VERSION, "sources": entries})
+    index = round_floats({"schema_version": SCHEMA_VERSION, "sources": entries})
     atomic_write_text(out / "index.json", json.dumps(index, ensure_ascii=False, indent=1) + "\n")
     atomic_write_text(out / "index.html", render_index_html(index))
 

@@ -31,10 +31,13 @@ class ClipScorer:
             raise ModelFileError(f"`clip_model` {local} has no config.json; give a folder saved by CLIPModel.save_pretrained.")
         if not local.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
             raise ModelNotFoundError(f"`clip_model` {spec}: no such folder here, and not a hub id (owner/name).")
+        from ..generator.quiet import quiet_libraries
+
         source = str(local) if local.exists() else spec
         try:
-            self.model = CLIPModel.from_pretrained(source).eval()
-            self.processor = CLIPImageProcessor.from_pretrained(source)
+            with quiet_libraries(True):
+                self.model = CLIPModel.from_pretrained(source).eval()
+                self.processor = CLIPImageProcessor.from_pretrained(source)
         except OSError as e:
             raise ModelNotFoundError(f"`clip_model` {spec}: {str(e).splitlines()[0]}") from None
         self.device = resolve_device(device)

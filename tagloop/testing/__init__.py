@@ -25,6 +25,7 @@ _BUILDERS = {
     "save_tiny_lora": "tagloop.testing.diffusion",
     "save_tiny_embedding": "tagloop.testing.diffusion",
     "write_config_folder": "tagloop.testing.diffusion",
+    "save_tiny_clip": "tagloop.testing.clip",
 }
 
 __all__ = list(_BUILDERS)
