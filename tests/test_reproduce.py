@@ -514,3 +514,19 @@ def test_groups_file_errors_and_replacement(loop_models, tmp_path):
     _sources(tmp_path / "in", seeds=(7,))
     r = _run("reproduce", str(tmp_path / "in"), "--tagger", str(dd), "--model", str(sd), "--out", str(tmp_path / "out"), "--variants", "1", "--groups", str(bad), *FAST)  # fmt: skip
     assert r.exit_code == 2 and "kind must be one of" in r.output
+
+
+def test_config_file_fills_the_loop_options(loop_models, tmp_path):
+    dd, sd = loop_models
+    _sources(tmp_path / "in", seeds=(7,))
+    config = tmp_path / "tagloop.toml"
+    config.write_text(
+        f'device = "cpu"\n[reproduce]\ntagger = "{dd}"\nmodel = "{sd}"\nvariants = 1\nseed = 77\nsteps = 2\n'
+        'size = "64x64"\ntokenizer = "estimate"\nthreshold = 0.5\n',
+        encoding="utf-8",
+    )
+    r = _run("--config", str(config), "reproduce", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-q")
+    assert r.exit_code == 0, r.output
+    report = _json(tmp_path / "out" / "pic7" / "report.json")
+    assert [v["seed"] for v in report["variants"]] == [77] and report["settings"]["tag"]["threshold"] == 0.5
+    assert report["settings"]["generate"]["steps"] == 2 and report["settings"]["generate"]["width"] == 64

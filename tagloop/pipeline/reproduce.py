@@ -246,7 +246,12 @@ class Reproducer:
         self.clip = clip
         self.tag_options = dataclasses.replace(tag_options or TagOptions(), prob_floor=PROB_FLOOR)
         self.tag_options.check()
+        from ..filters.chain import FilterSettings
+        from ..prompt.composer import resolve_settings
+
         self.prompt_settings = prompt_settings or PromptSettings()
+        # the run's filters as the composer applies them (the preset's style and replacements included)
+        self.filters = FilterSettings(**resolve_settings(self.prompt_settings)[0].filter_fields())
         self.settings = settings or ReproduceSettings()
         self.settings.check()
         self.groups = load_groups(self.settings.groups)
@@ -480,6 +485,7 @@ class Reproducer:
                 "prompt": jsonable(self.prompt_settings),
                 "generate": _generation_json(self.generation, gen),
                 "score": {
+                    "filters": jsonable(self.filters),
                     "prob_floor": PROB_FLOOR,
                     "groups": self.groups.source,
                     "augment": list(self.settings.augment),
@@ -504,10 +510,7 @@ class Reproducer:
         }
 
     def _score(self, report: dict[str, Any]) -> dict[str, Any]:
-        from ..filters.chain import FilterSettings
-
-        filters = FilterSettings(**self.prompt_settings.filter_fields())
-        settings = ScoreSettings(filters=filters, exclude=frozenset(report["excluded"]), groups=self.groups)
+        settings = ScoreSettings(filters=self.filters, exclude=frozenset(report["excluded"]), groups=self.groups)
         return score_report(report, self.tag_options, settings)
 
     def run(self, source: str | Path | Any, folder: Path | None = None, name: str | None = None) -> ReproduceResult:
@@ -537,6 +540,7 @@ class Reproducer:
         report["source"].update(width=img.width, height=img.height)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temp_files(folder)
             save_png(img, folder / "source.png", None)
             report["source"]["sha256"] = _sha256(folder / "source.png")
         elif isinstance(source, (str, Path)):
@@ -712,9 +716,13 @@ class Reproducer:
         stems = unique_stems(sources)
         inputs = [str(s) for s in sources]
         planned = [("the index", out / "index.json"), ("the index", out / "index.html")]
+        seeds = [self.seed + i for i in range(self.settings.variants)]
         for stem in stems:
             for f in ("source.png", "prompt.json", "report.json", "report.html"):
                 planned.append((f"{stem}/{f}", out / stem / f))
+            for r in range(self.settings.refine + 1):
+                for i, seed in enumerate(seeds):
+                    planned.append((f"{stem} variant", out / stem / "variants" / f"r{r}-{i:05d}-{seed}.png"))
         check_outputs(planned, inputs)
         results: list[ReproduceResult] = []
         entries = []
@@ -889,15 +897,14 @@ def rescore_folder(
             raise InputError(f"{sub / 'report.json'} is not a tagloop report of schema version {SCHEMA_VERSION}.")
         recorded = report.get("settings", {})
         options = tag_options_from_json(recorded.get("tag"), **(tag_overrides or {}))
-        filters = filter_settings_from_json(recorded.get("prompt"), **(prompt_overrides or {}))
         score = recorded.setdefault("score", {})
+        filters = filter_settings_from_json(score.get("filters", recorded.get("prompt")), **(prompt_overrides or {}))
         group_file = groups if groups is not None else score.get("groups")
         tag_groups = load_groups(group_file)
         settings = ScoreSettings(filters=filters, exclude=frozenset(report.get("excluded") or ()), groups=tag_groups)
         score_report(report, options, settings)
         recorded["tag"] = tag_options_json(options)
-        prompt = recorded.setdefault("prompt", {})
-        prompt.update(jsonable({k: getattr(filters, k) for k in (prompt_overrides or {})}))
+        score["filters"] = jsonable(filters)
         score["groups"] = tag_groups.source
         report["rescored"] = _now()
         write_report(sub, report)
@@ -917,6 +924,17 @@ def ceiling_copies_for(image, kinds):
     from ..report.calibrate import ceiling_copies
 
     return ceiling_copies(image, kinds)
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """The temporary files a killed run's atomic writes left (``.NAME.XXXX.tmp``): never an output, safe to remove."""
+    for where in (folder, folder / "variants"):
+        if where.is_dir():
+            for f in where.glob(".*.tmp"):
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
 
 
 def _contiguous(variants: Sequence[VariantResult]) -> Iterable[list[VariantResult]]:
