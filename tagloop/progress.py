@@ -60,6 +60,12 @@ class Progress:
                 pct = f" ({100 * n / self.total:.0f}%)" if self.total else ""
                 print(f"tagloop: {self.desc} {n}/{self.total}{pct}, {rate:.1f} {self.what}/s", file=self.stream, flush=True)
 
+    def skip(self) -> None:
+        """One image left alone (already done, or it had a caption): counted, and the bar moves on."""
+        self.skipped += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

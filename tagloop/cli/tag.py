@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import InputError
-from ..fileio import atomic_open, atomic_write_text
+from ..fileio import atomic_open
 from ..notices import notice
 from ..progress import Progress
 from ..tagger.captions import caption, check_run_outputs, normalise_extension, sidecar_collisions
@@ -280,6 +280,28 @@ def caption_extension(value: str) -> str:
     default=None,
     help="Also record every image that failed, with the reason, in this JSONL file (written atomically).",
 )
+@click.option(
+    "--out",
+    "--manifest",
+    "manifest",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Manifest (JSON Lines, appended): one record per image with its scores; a re-run skips what it holds.",
+)
+@click.option("--overwrite", is_flag=True, default=False, help="With --out: tag again images the manifest already holds.")
+@click.option(
+    "--existing",
+    type=click.Choice(["overwrite", "skip", "append", "prepend"]),
+    default=None,
+    help="With --sidecar, a caption the image already has: overwrite (default), skip the image, append or prepend the tags.",
+)
+@click.option(
+    "--score-floor",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.05,
+    show_default=True,
+    help="With --out: keep every tag's score at or above this (what `tagloop retag` can re-threshold down to).",
+)
 @click.option("--recursive", "-r", is_flag=True, default=False, help="Walk folders recursively.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads (default: one per core, up to 8).")
@@ -305,6 +327,10 @@ def tag_command(
     skip_existing,
     output,
     failures,
+    manifest,
+    overwrite,
+    existing,
+    score_floor,
     recursive,
     batch_size,
     workers,
@@ -324,23 +350,30 @@ def tag_command(
       tagloop tag cat.png --model SmilingWolf/wd-swinv2-tagger-v3
       tagloop tag dataset/ -r --model deepdanbooru --a1111-dir ~/stable-diffusion-webui --sidecar
       tagloop tag a.jpg b.png --model ./wd-vit-tagger-v3 --threshold 0.35 --format json
+      tagloop tag dataset/ -r --sidecar --out manifest.jsonl   # resumable; `tagloop retag` re-thresholds it
 
     Exit codes: 0 all tagged, 1 some images failed (each named on stderr), 2 usage, model or config error.
     """
-    from ..tagger.run import expand_paths, tag_files
+    from ..tagger.bulk import BulkOptions, BulkStats, run_bulk
+    from ..tagger.run import expand_paths
 
     started = time.monotonic()
     files, problems = expand_paths(paths, recursive=recursive)
     check_run_outputs(files, output, failures, sidecar, caption_extension)
-    skipped = 0
+    if manifest:
+        from ..fileio import check_outputs
+
+        check_outputs([("--out", manifest)], files)
+        for other, name in ((output, "--output"), (failures, "--failures")):
+            if other and Path(other).resolve() == Path(manifest).resolve():
+                raise click.BadParameter(f"--out and {name} are the same file ({manifest}).", param_hint="'--out'")
     if skip_existing and not sidecar:
         notice("--skip-existing only applies to --sidecar captions (it skips images that already have one); ignored.")
-    if sidecar and skip_existing:
-        kept = [f for f in files if not f.with_suffix(caption_extension).exists()]
-        skipped = len(files) - len(kept)
-        files = kept
-        if skipped and not quiet:
-            click.echo(f"tagloop: skipped {skipped} image(s) that already have a caption file", err=True)
+    if existing and not sidecar:
+        notice("--existing only applies to --sidecar captions; ignored.")
+    if overwrite and not manifest:
+        notice("--overwrite only applies with --out MANIFEST (every image is tagged anyway without one); ignored.")
+    existing_mode = existing or ("skip" if skip_existing else "overwrite")
     if sidecar:
         files, clashes = sidecar_collisions(files, caption_extension)
         problems.extend(clashes)
@@ -348,12 +381,27 @@ def tag_command(
     for p, why in problems:
         click.echo(f"tagloop: {p}: {why}", err=True)
         failed_records.append({"path": p, "error": why})
-    blocklist = _load_filters(filter_files)
     policy = TagPolicy(use_spaces=not underscores, escape=not no_escape)
+    if filter_files:  # a malformed filter file is said before the model loads
+        from ..filters.blocklist import load_blocklist
+
+        load_blocklist([Path(f) for f in filter_files])
     tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
-    max_tags = options.max_tags
-    if blocklist is not None:
-        options.max_tags = None  # --max-tags counts the tags the filters leave, so it applies after them
+    bulk = BulkOptions(
+        manifest=Path(manifest) if manifest else None,
+        sidecar=sidecar,
+        caption_extension=caption_extension,
+        existing=existing_mode,
+        overwrite=overwrite,
+        score_floor=score_floor,
+        policy=policy,
+        show_scores=show_scores,
+        include_rating=include_rating,
+        character_first=character_first,
+        filter_files=tuple(str(f) for f in filter_files),
+        max_tags=options.max_tags,
+    )
+    stats = BulkStats()
 
     single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
     n_json = 0
@@ -361,7 +409,6 @@ def tag_command(
     n_problems = len(failed_records)
     stopped = False
     progress = Progress(len(files), desc="tagging", enabled=not quiet, start=started)
-    progress.skipped = skipped
     with ExitStack() as stack:
         # results stream to stdout or to a temp file renamed over --output at the end: memory stays
         # flat on huge folders, and a run that stops half-way leaves no half-written file
@@ -375,7 +422,7 @@ def tag_command(
         # Ctrl-C stops the run between images: what was complete is still written (the --output
         # list closed, --failures recorded), then the exit code is 130; a second Ctrl-C stops at once
         ctrl_c = stack.enter_context(GracefulInterrupt())
-        results = tag_files(tagger, files, options)
+        results = run_bulk(tagger, files, options, bulk, stats, on_skip=lambda path, why: progress.skip())
         while True:
             if ctrl_c.requested:
                 stopped = True
@@ -390,20 +437,6 @@ def tag_command(
                 failed_records.append({"path": result.path, "error": result.error})
                 click.echo(f"tagloop: {result.path}: {result.error}", err=True)
                 continue
-            if blocklist is not None:
-                result = blocklist(result)
-                if max_tags is not None:
-                    result.tags = result.tags[:max_tags]
-            if sidecar:
-                text = caption(result, policy, show_scores, include_rating, character_first)
-                target = Path(result.path).with_suffix(caption_extension)
-                try:
-                    atomic_write_text(target, text + "\n")
-                except OSError as e:
-                    why = f"cannot write its caption {target} ({e.strerror or e})"
-                    failed_records.append({"path": result.path, "error": why})
-                    click.echo(f"tagloop: {result.path}: {why}", err=True)
-                    continue
             if fmt == "jsonl":
                 emit(json.dumps(result.to_json(), ensure_ascii=False))
             elif fmt == "json":
@@ -426,6 +459,14 @@ def tag_command(
     progress.failed = len(failed_records)
     progress.done = n_results - (len(failed_records) - n_problems)
     if not quiet:
+        if stats.skipped_existing:
+            click.echo(f"tagloop: skipped {stats.skipped_existing} image(s) that already have a caption file", err=True)
+        if stats.skipped_done:
+            click.echo(
+                f"tagloop: skipped {stats.skipped_done} image(s) already in {manifest} (same file, model and settings)", err=True
+            )
+        if stats.repaired_bytes:
+            click.echo(f"tagloop: {manifest}: cut a torn last line ({stats.repaired_bytes} bytes) left by a crash", err=True)
         click.echo(progress.summary(interrupted=stopped), err=True)
     if stopped:
         raise interrupted()
@@ -441,15 +482,6 @@ def _open_output(stack: ExitStack, path: str, option: str):
         return stack.enter_context(atomic_open(path))
     except OSError as e:
         raise click.BadParameter(f"cannot write {path} ({e.strerror or e}).", param_hint=f"'{option}'") from None
-
-
-def _load_filters(filter_files) -> Callable[[TagResult], TagResult] | None:
-    """A blocklist from filter files, as a function on results (None without files)."""
-    if not filter_files:
-        return None
-    from ..filters import load_blocklist_filter  # written with the filters issue
-
-    return load_blocklist_filter([Path(f) for f in filter_files])
 
 
 @click.command("convert-deepdanbooru")

@@ -1,0 +1,148 @@
+"""The bulk-tagging manifest: append-only JSON Lines, one record per image, a header per run.
+
+Lines (``type``):
+
+* ``run``: one per run that appended to the file: ``id``, ``tagloop_version``, ``started``,
+  ``model`` (its ``source``, ``family``, ``backend``, ``sha256``), ``settings`` (the tag options,
+  the filter files and ``max_tags``, the score floor) and ``settings_key`` (a hash of model and
+  settings: a record made with another key is not "already done").
+* ``image``: the ``tagloop tag --format jsonl`` object of one image (``path``, ``threshold``,
+  ``edge_density``, ``complexity``, ``tags``, ``rating``, ...) plus ``run``, ``settings_key``,
+  ``width``, ``height``, ``bytes``, ``mtime_ns``, ``sha256`` (of the file's bytes), ``scores``
+  (``[[name, category, probability], ...]`` for every non-rating tag at or above the floor,
+  highest first), ``caption`` (the sidecar written, or null), ``caption_sha256`` and, when the
+  caption was merged with one the user had, ``original_caption``. A bad image is a record with
+  ``error`` set (and no tags).
+
+The last record of a path wins. Records are appended a batch at a time with one ``write`` and an
+``fsync``; a crash can tear only the last line, which :func:`repair` cuts off on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST_VERSION = 1
+
+
+def repair(path: Path) -> int:
+    """Cut a torn last line (no newline, or not JSON) off ``path``; returns the bytes removed."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        # find the start of the last line
+        block = 1 << 16
+        pos = size
+        tail = b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            tail = f.read(step) + tail
+            cut = tail.rfind(b"\n", 0, len(tail) - 1)
+            if cut != -1:
+                start = pos + cut + 1
+                break
+        else:
+            start = 0
+        f.seek(start)
+        last = f.read()
+        good = last.endswith(b"\n")
+        if good:
+            try:
+                json.loads(last)
+            except ValueError:
+                good = False
+        if good:
+            return 0
+        f.truncate(start)
+        f.flush()
+        os.fsync(f.fileno())
+        return size - start
+
+
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Every whole JSON object line of a manifest (a torn or foreign line is skipped)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def latest_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The last ``image`` record of every path in the manifest (empty for a missing file)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not Path(path).is_file():
+        return out
+    for obj in read_lines(path):
+        if obj.get("type") == "image" and "path" in obj:
+            out[obj["path"]] = obj
+    return out
+
+
+def runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The ``run`` headers of a manifest, by id."""
+    return {o["id"]: o for o in read_lines(path) if o.get("type") == "run" and "id" in o}
+
+
+def settings_key(model: dict[str, Any], settings: dict[str, Any]) -> str:
+    """A short hash of the model and the settings that decide a record's tags."""
+    blob = json.dumps({"model": model.get("sha256") or model.get("source"), "settings": settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class ManifestWriter:
+    """Appends whole lines: one ``write`` + flush + fsync per batch of records."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies, as open() does
+        self._f = os.fdopen(fd, "ab")
+        if new:
+            self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        try:
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
+        self._f.write(data)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

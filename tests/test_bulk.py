@@ -1,0 +1,191 @@
+"""Bulk tagging: the manifest, resume (with real kill -9), torn-line repair, `--existing` modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tagloop.cli import main
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _images(folder: Path, n: int, size: int = 48) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        p = folder / f"img{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _records(path: Path) -> list[dict]:
+    return [r for r in _lines(path) if r.get("type") == "image"]
+
+
+def _tag(dd, folder, manifest, *extra):
+    return _run(
+        "tag", folder, "--model", dd, "--device", "cpu", "--sidecar", "--out", manifest, "--threshold", "0.5", "-q", *extra
+    )
+
+
+def test_manifest_records_and_resume(tiny_dd_path, tmp_path):
+    files = _images(tmp_path / "data", 5)
+    (tmp_path / "data" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    manifest = tmp_path / "m.jsonl"
+    r = _tag(tiny_dd_path, tmp_path / "data", manifest)
+    assert r.exit_code == 1  # the broken file
+    lines = _lines(manifest)
+    assert lines[0]["type"] == "run" and lines[0]["model"]["family"] == "deepdanbooru" and lines[0]["model"]["sha256"]
+    records = _records(manifest)
+    assert len(records) == 6
+    by_path = {Path(r["path"]).name: r for r in records}
+    assert "error" in by_path["bad.png"] and by_path["bad.png"]["sha256"]
+    for f in files:
+        rec = by_path[f.name]
+        assert rec["width"] == 48 and rec["height"] == 48 and rec["bytes"] == f.stat().st_size
+        assert rec["threshold"] == 0.5 and rec["settings_key"] == lines[0]["settings_key"]
+        assert all(p >= 0.05 for _, _, p in rec["scores"]) and rec["scores"] == sorted(rec["scores"], key=lambda s: -s[2])
+        assert {t["name"] for t in rec["tags"]} <= {s[0] for s in rec["scores"]}
+        cap = f.with_suffix(".txt")
+        assert rec["caption"] == str(cap) and cap.is_file()
+    # the same run again: nothing is tagged again, nothing recorded twice
+    r = _run(
+        "tag", tmp_path / "data", "--model", tiny_dd_path, "--device", "cpu", "--sidecar", "--out", manifest, "--threshold", "0.5"
+    )
+    assert "skipped 6 image(s) already in" in r.output
+    assert len(_records(manifest)) == 6
+    # a changed file, another threshold, --overwrite
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(files[0])
+    _tag(tiny_dd_path, tmp_path / "data", manifest)
+    assert [Path(r["path"]).name for r in _records(manifest)[6:]] == ["img000.png"]
+    _tag(tiny_dd_path, tmp_path / "data", manifest, "--overwrite")
+    assert len(_records(manifest)) == 7 + 6
+    n = len(_records(manifest))
+    _run(
+        "tag",
+        tmp_path / "data",
+        "--model",
+        tiny_dd_path,
+        "--device",
+        "cpu",
+        "--sidecar",
+        "--out",
+        manifest,
+        "--threshold",
+        "0.4",
+        "-q",
+    )
+    assert len(_records(manifest)) == n + 6  # other settings: not "already done"
+
+
+def test_a_torn_last_line_is_repaired(tiny_dd_path, tmp_path):
+    _images(tmp_path / "data", 3)
+    manifest = tmp_path / "m.jsonl"
+    _tag(tiny_dd_path, tmp_path / "data", manifest)
+    whole = manifest.read_bytes()
+    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    manifest.write_bytes(whole[: len(whole) - len(last) // 2 - 1])  # a crash in the middle of the last record
+    r = _run(
+        "tag", tmp_path / "data", "--model", tiny_dd_path, "--device", "cpu", "--sidecar", "--out", manifest, "--threshold", "0.5"
+    )
+    assert "torn last line" in r.output
+    records = _records(manifest)  # every line parses again
+    assert sorted(Path(x["path"]).name for x in records) == ["img000.png", "img001.png", "img002.png"]
+
+
+def test_kill_9_mid_run_several_times(tiny_dd_path, tmp_path):
+    """Every image recorded exactly once, no torn or temporary file, captions equal a clean run's."""
+    _images(tmp_path / "data", 40)
+    clean = tmp_path / "clean"
+    _images(clean, 40)
+    assert _tag(tiny_dd_path, clean, tmp_path / "clean.jsonl", "--batch-size", "4").exit_code == 0
+    manifest = tmp_path / "m.jsonl"
+    args = [sys.executable, "-m", "tagloop", "tag", str(tmp_path / "data"), "--model", str(tiny_dd_path), "--device", "cpu"]
+    args += ["--sidecar", "--out", str(manifest), "--threshold", "0.5", "--batch-size", "4", "-q"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    kills = 0
+    for target in (6, 16, 28):
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            n = manifest.read_bytes().count(b'"type": "image"') if manifest.exists() else 0
+            if n >= target:
+                break
+            time.sleep(0.002)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    names = [Path(x["path"]).name for x in _records(manifest)]
+    assert sorted(names) == sorted(f"img{i:03d}.png" for i in range(40))  # each exactly once
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.endswith(".tmp")]
+    for i in range(40):
+        assert (tmp_path / "data" / f"img{i:03d}.txt").read_text(encoding="utf-8") == (clean / f"img{i:03d}.txt").read_text(
+            encoding="utf-8"
+        )
+
+
+def test_existing_captions(tiny_dd_path, tmp_path):
+    files = _images(tmp_path / "data", 4)
+    mine = {f: f"my own words {i}, blue sky" for i, f in enumerate(files)}
+    for f, text in mine.items():
+        f.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+    manifest = tmp_path / "m.jsonl"
+    # skip: the image is not tagged and its caption untouched
+    r = _tag(tiny_dd_path, tmp_path / "data", manifest, "--existing", "skip")
+    assert r.exit_code == 0 and _records(manifest) == []
+    assert all(f.with_suffix(".txt").read_text(encoding="utf-8") == t + "\n" for f, t in mine.items())
+    # append: the user's text first, then the tags; a re-run with --overwrite merges with the user's text again
+    _tag(tiny_dd_path, tmp_path / "data", manifest, "--existing", "append")
+    first = {f: f.with_suffix(".txt").read_text(encoding="utf-8") for f in files}
+    for f, text in mine.items():
+        assert first[f].startswith(text)
+    rec = _records(manifest)[0]
+    assert rec["original_caption"] == mine[Path(rec["path"])]
+    _tag(tiny_dd_path, tmp_path / "data", manifest, "--existing", "append", "--overwrite")
+    assert {f: f.with_suffix(".txt").read_text(encoding="utf-8") for f in files} == first  # not appended twice
+    # prepend: the tags first
+    _tag(tiny_dd_path, tmp_path / "data", manifest, "--existing", "prepend", "--overwrite")
+    for f, text in mine.items():
+        got = f.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        assert got.endswith(text) and got != text
+    # overwrite: the tags alone
+    _tag(tiny_dd_path, tmp_path / "data", manifest, "--existing", "overwrite", "--overwrite")
+    assert all("my own words" not in f.with_suffix(".txt").read_text(encoding="utf-8") for f in files)
+
+
+def test_the_manifest_may_not_be_an_input(tiny_dd_path, tmp_path):
+    files = _images(tmp_path / "data", 1)
+    r = _run("tag", files[0], "--model", tiny_dd_path, "--out", files[0])
+    assert r.exit_code == 2
+    assert Image.open(files[0]).size == (48, 48)
+
+
+@pytest.mark.parametrize("mode", ["append", "prepend"])
+def test_merge_caption(mode):
+    from tagloop.tagger.bulk import merge_caption
+
+    got = merge_caption("1girl, smile, blue sky", "blue_sky, my words", mode)
+    assert got == ("blue_sky, my words, 1girl, smile" if mode == "append" else "1girl, smile, blue sky, my words")
