@@ -189,3 +189,69 @@ def test_merge_caption(mode):
 
     got = merge_caption("1girl, smile, blue sky", "blue_sky, my words", mode)
     assert got == ("blue_sky, my words, 1girl, smile" if mode == "append" else "1girl, smile, blue sky, my words")
+
+
+def test_retag_equals_a_fresh_run_at_the_new_threshold(tiny_dd_path, tmp_path):
+    import shutil
+
+    files = _images(tmp_path / "data", 6)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tmp_path / "data", fresh)
+    manifest = tmp_path / "m.jsonl"
+    assert _tag(tiny_dd_path, tmp_path / "data", manifest).exit_code == 0
+    before = {f: f.with_suffix(".txt").read_text(encoding="utf-8") for f in files}
+    r = _run("retag", manifest, "--threshold", "0.3")
+    assert r.exit_code == 0, r.output
+    assert _tag(tiny_dd_path, fresh, tmp_path / "fresh.jsonl", "--threshold", "0.3").exit_code == 0
+    for f in files:
+        assert f.with_suffix(".txt").read_text(encoding="utf-8") == (fresh / f.name).with_suffix(".txt").read_text(
+            encoding="utf-8"
+        )
+    assert any(before[f] != f.with_suffix(".txt").read_text(encoding="utf-8") for f in files)  # they were stale
+    from tagloop.tagger.manifest import latest_records
+
+    got, want = latest_records(manifest), latest_records(tmp_path / "fresh.jsonl")
+    for f in files:
+        a, b = got[str(f)], want[str(fresh / f.name)]
+        assert [t["name"] for t in a["tags"]] == [t["name"] for t in b["tags"]] and a["threshold"] == b["threshold"] == 0.3
+    # a run with those settings now finds everything done
+    r = _run(
+        "tag", tmp_path / "data", "--model", tiny_dd_path, "--device", "cpu", "--sidecar", "--out", manifest, "--threshold", "0.3"
+    )
+    assert "skipped 6 image(s) already in" in r.output
+
+
+def test_retag_leaves_hand_edits_alone_and_checks_the_floor(tiny_dd_path, tmp_path):
+    files = _images(tmp_path / "data", 3)
+    manifest = tmp_path / "m.jsonl"
+    _tag(tiny_dd_path, tmp_path / "data", manifest)
+    files[0].with_suffix(".txt").write_text("my edit\n", encoding="utf-8")
+    r = _run("retag", manifest, "--threshold", "0.2")
+    assert "1 edited by hand left alone" in r.output and files[0].with_suffix(".txt").read_text(encoding="utf-8") == "my edit\n"
+    r = _run("retag", manifest, "--threshold", "0.2", "--force")
+    assert files[0].with_suffix(".txt").read_text(encoding="utf-8") != "my edit\n"
+    r = _run("retag", manifest, "--threshold", "0.01")
+    assert r.exit_code == 2 and "score floor" in r.output and len(r.output.strip().splitlines()) == 1
+    r = _run("retag", tmp_path / "nope.jsonl")
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_stats(tiny_dd_path, tmp_path):
+    _images(tmp_path / "data", 5)
+    (tmp_path / "data" / "bad.png").write_bytes(b"junk")
+    manifest = tmp_path / "m.jsonl"
+    _tag(tiny_dd_path, tmp_path / "data", manifest)
+    r = _run("stats", manifest, "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    records = [x for x in _records(manifest)]
+    ok = [x for x in records if "error" not in x]
+    assert data["images"] == 6 and data["tagged"] == 5 and data["failed"] == 1
+    counts = {}
+    for x in ok:
+        for t in {t["name"] for t in x["tags"]}:
+            counts[t] = counts.get(t, 0) + 1
+    assert {t["tag"]: t["images"] for t in data["tags"]} == counts
+    assert sum(data["bands"].values()) == 5
+    r = _run("stats", manifest, "--top", "3")
+    assert r.exit_code == 0 and "6 images: 5 tagged, 1 failed" in r.output and "bad.png" in r.output

@@ -23,6 +23,8 @@ COMMANDS = {
     "generate": (".generate", "generate_command"),
     "reproduce": (".reproduce", "reproduce_command"),
     "report": (".reproduce", "report_command"),
+    "retag": (".retag", "retag_command"),
+    "stats": (".retag", "stats_command"),
     "info": (".info", "info_command"),
     "demo": (".demo", "demo_command"),
 }

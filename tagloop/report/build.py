@@ -74,17 +74,12 @@ def tag_options_json(options: TagOptions) -> dict[str, Any]:
 
 
 def tag_options_from_json(data: Mapping[str, Any] | None, **overrides: Any) -> TagOptions:
-    """The tag options a report recorded, with ``overrides`` (None values leave the recorded one)."""
+    """The tag options a report recorded, with ``overrides`` (every key given is set; ``threshold=None`` is adaptive)."""
     from ..tagger.run import make_tag_options
 
-    fields = {
-        k: v
-        for k, v in dict(data or {}).items()
-        if k in ("threshold", "general_threshold", "character_threshold", "mcut", "bands", "max_tags")
-    }
-    for k, v in overrides.items():
-        if v is not None:
-            fields[k] = v
+    names = ("threshold", "general_threshold", "character_threshold", "mcut", "bands", "max_tags")
+    fields = {k: v for k, v in dict(data or {}).items() if k in names}
+    fields.update(overrides)
     return make_tag_options(**fields)
 
 

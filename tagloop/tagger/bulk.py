@@ -131,6 +131,7 @@ def run_header(tagger, options, bulk: BulkOptions) -> dict[str, Any]:
         "filters": [str(f) for f in bulk.filter_files],
         "max_tags": bulk.max_tags,
         "score_floor": bulk.score_floor,
+        "caption": caption_settings(bulk),
     }
     return {
         "type": "run",
@@ -141,6 +142,21 @@ def run_header(tagger, options, bulk: BulkOptions) -> dict[str, Any]:
         "model": model,
         "settings": settings,
         "settings_key": settings_key(model, settings),
+    }
+
+
+def caption_settings(bulk: BulkOptions) -> dict[str, Any] | None:
+    """How captions were written (None without sidecars): what ``tagloop retag`` writes them with again."""
+    if not bulk.sidecar:
+        return None
+    return {
+        "extension": bulk.caption_extension,
+        "use_spaces": bulk.policy.use_spaces,
+        "escape": bulk.policy.escape,
+        "scores": bulk.show_scores,
+        "include_rating": bulk.include_rating,
+        "character_first": bulk.character_first,
+        "existing": bulk.existing,
     }
 
 

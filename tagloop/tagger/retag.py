@@ -1,0 +1,210 @@
+"""``tagloop retag`` and ``tagloop stats``: new thresholds, filters and counts from a manifest, no model.
+
+:func:`retag_manifest` re-thresholds every image of a manifest from the scores it kept (the same
+rule as the tagger: :func:`tagloop.tagger.run.threshold_probs`), applies the blocklist and
+``max_tags``, and rewrites each stale caption (one tagloop wrote with other settings) atomically.
+A caption that is not what the manifest says tagloop wrote (edited by hand since) is left alone
+unless ``force``. New records go to the end of the same manifest (the last record of a path wins)
+or, with ``out``, to a new manifest holding every image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..fileio import atomic_write_text
+from ..tagtext import TagPolicy
+from .bulk import file_sha256, merge_caption
+from .captions import caption
+from .manifest import ManifestWriter, latest_records, repair, runs, settings_key
+
+
+@dataclass
+class RetagStats:
+    images: int = 0
+    failed: int = 0
+    rewritten: int = 0  # stale captions written again
+    unchanged: int = 0
+    edited: list[str] = field(default_factory=list)  # changed since tagloop wrote them: left alone
+    missing: int = 0  # the caption file is gone: written again
+    seconds: float = 0.0
+
+
+def _load(manifest: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise InputError(f"manifest {manifest} does not exist; write one with `tagloop tag DIR --out {manifest.name}`.")
+    repair(manifest)
+    records = latest_records(manifest)
+    if not records:
+        raise InputError(f"manifest {manifest} holds no image records.")
+    return records, runs(manifest)
+
+
+def retag_manifest(
+    manifest: Path,
+    *,
+    tag_overrides: dict[str, Any] | None = None,
+    filter_files: tuple[str, ...] | None = None,
+    max_tags: int | None = None,
+    out: Path | None = None,
+    force: bool = False,
+) -> RetagStats:
+    """Re-threshold every image of ``manifest``; write stale captions and the new records (see the module)."""
+    from .. import __version__
+    from ..filters.blocklist import load_blocklist
+    from ..report.build import tag_options_from_json, tag_options_json
+    from .run import threshold_probs
+
+    t0 = time.perf_counter()
+    manifest = Path(manifest)
+    records, headers = _load(manifest)
+    blocklist_cache: dict[tuple[str, ...], Any] = {}
+    stats = RetagStats()
+    new_records: list[dict[str, Any]] = []
+    header_for: dict[str, dict[str, Any]] = {}
+    for path, rec in records.items():
+        stats.images += 1
+        if rec.get("error") is not None or "scores" not in rec:
+            stats.failed += 1
+            new_records.append(rec)
+            continue
+        run = headers.get(rec.get("run") or "", {})
+        recorded = run.get("settings", {})
+        options = tag_options_from_json(recorded.get("tag"), **(tag_overrides or {}))
+        floor = float(recorded.get("score_floor", 0.0) or 0.0)
+        lowest = min(
+            (v for v in (options.threshold, options.general_threshold, options.character_threshold) if v is not None),
+            default=None,
+        )
+        if lowest is not None and lowest < floor - 1e-12:
+            raise InputError(
+                f"threshold {lowest} is below the manifest's score floor {floor}: scores under it were not kept; "
+                "tag again with a lower `score_floor`."
+            )
+        files = tuple(filter_files) if filter_files is not None else tuple(recorded.get("filters") or ())
+        if files not in blocklist_cache:
+            blocklist_cache[files] = load_blocklist(files) if files else None
+        blocklist = blocklist_cache[files]
+        limit = max_tags if max_tags is not None else recorded.get("max_tags")
+        names = [s[0] for s in rec["scores"]] + [f"rating:{k}" for k in rec.get("rating", {})]
+        cats = [s[1] for s in rec["scores"]] + ["rating"] * len(rec.get("rating", {}))
+        probs = [float(s[2]) for s in rec["scores"]] + [float(v) for v in rec.get("rating", {}).values()]
+        result = threshold_probs(
+            names, cats, probs, rec.get("edge_density"), dataclasses.replace(options, max_tags=None), path=path
+        )
+        result.model = rec.get("model")
+        if blocklist is not None:
+            result.tags = blocklist.apply(result.tags)
+        if limit is not None:
+            result.tags = result.tags[: int(limit)]
+        # the run's header for the new records: the recorded settings with the new ones
+        settings = dict(recorded)
+        settings.update(tag=tag_options_json(options), filters=list(files), max_tags=limit)
+        hkey = repr(sorted((k, repr(v)) for k, v in settings.items())) + str(run.get("id"))
+        if hkey not in header_for:
+            model = run.get("model", {})
+            header_for[hkey] = {
+                "type": "run",
+                "kind": "retag",
+                "manifest_version": run.get("manifest_version", 1),
+                "id": uuid.uuid4().hex[:12],
+                "retag_of": run.get("id"),
+                "tagloop_version": __version__,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "model": model,
+                "settings": settings,
+                "settings_key": settings_key(model, settings),
+            }
+        header = header_for[hkey]
+        new = {
+            k: v
+            for k, v in rec.items()
+            if k not in ("tags", "threshold", "thresholds", "threshold_mode", "band_threshold", "complexity")
+        }
+        new.update({k: v for k, v in result.to_json().items() if k not in ("path", "model")})
+        new.update(run=header["id"], settings_key=header["settings_key"])
+        cap_settings = recorded.get("caption")
+        if rec.get("caption") and cap_settings:
+            _recaption(result, rec, new, cap_settings, stats, force)
+        new_records.append(new)
+    new_ids = {h["id"] for h in header_for.values()}
+    if out is None:  # appended: the last record of a path wins
+        with ManifestWriter(manifest) as w:
+            w.write(list(header_for.values()) + [r for r in new_records if r.get("run") in new_ids])
+    else:  # a new manifest with every image, written atomically
+        import json
+
+        old_ids = sorted({str(r.get("run")) for r in new_records if r.get("run") not in new_ids})
+        lines = [headers[i] for i in old_ids if i in headers] + list(header_for.values()) + new_records
+        atomic_write_text(Path(out), "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def _recaption(result, rec: dict[str, Any], new: dict[str, Any], cap: dict[str, Any], stats: RetagStats, force: bool) -> None:
+    policy = TagPolicy(use_spaces=bool(cap.get("use_spaces", True)), escape=bool(cap.get("escape", True)))
+    text = caption(result, policy, bool(cap.get("scores")), bool(cap.get("include_rating")), bool(cap.get("character_first")))
+    text = merge_caption(text, rec.get("original_caption"), cap.get("existing", "overwrite"))
+    data = text + "\n"
+    target = Path(rec["caption"])
+    try:
+        current = target.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current is not None and file_sha256(current) != rec.get("caption_sha256") and not force:
+        stats.edited.append(str(target))
+        new["caption_sha256"] = rec.get("caption_sha256")
+        return
+    if current is not None and current == data.encode("utf-8"):
+        stats.unchanged += 1
+    else:
+        if current is None:
+            stats.missing += 1
+        else:
+            stats.rewritten += 1
+        atomic_write_text(target, data)
+    new["caption_sha256"] = file_sha256(data.encode("utf-8"))
+
+
+def manifest_stats(manifest: Path, top: int | None = None) -> dict[str, Any]:
+    """Tag frequencies, per-band counts, ratings and failures of a manifest's images (last record of each)."""
+    records, headers = _load(Path(manifest))
+    tags: Counter[str] = Counter()
+    bands: Counter[str] = Counter()
+    ratings: Counter[str] = Counter()
+    failures = []
+    n_tags = []
+    for path, rec in records.items():
+        if rec.get("error") is not None:
+            failures.append({"path": path, "error": rec["error"]})
+            continue
+        names = [t["name"] for t in rec.get("tags", [])]
+        tags.update(set(names))
+        n_tags.append(len(names))
+        bands[str(rec.get("complexity"))] += 1
+        rating = rec.get("rating") or {}
+        if rating:
+            ratings[max(rating, key=rating.__getitem__)] += 1
+    ok = len(records) - len(failures)
+    freq = [{"tag": t, "images": c, "share": c / ok if ok else 0.0} for t, c in tags.most_common(top)]
+    return {
+        "manifest": str(manifest),
+        "images": len(records),
+        "tagged": ok,
+        "failed": len(failures),
+        "tags_per_image": (sum(n_tags) / len(n_tags)) if n_tags else 0.0,
+        "distinct_tags": len(tags),
+        "bands": dict(sorted(bands.items())),
+        "ratings": dict(ratings.most_common()),
+        "tags": freq,
+        "failures": failures,
+        "runs": len(headers),
+    }
