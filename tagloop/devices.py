@@ -113,3 +113,24 @@ def resolve_device(device: str) -> str:
     if not has_cuda:
         raise GPUUnavailableError(f"device {device} was asked for, but {torch_cuda_seen()}; or set device to cpu.")
     return device
+
+
+def is_oom(e: BaseException) -> bool:
+    """Whether ``e`` is the accelerator running out of memory (torch's, or onnxruntime's allocation failure).
+
+    Never imports torch: an ONNX tagger's process has none.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+        if oom and isinstance(e, oom):
+            return True
+    text = str(e).lower()
+    return "out of memory" in text or "failed to allocate memory" in text
+
+
+def empty_cache() -> None:
+    """Give cached accelerator memory back after an out-of-memory error (nothing without torch)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

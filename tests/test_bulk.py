@@ -255,3 +255,40 @@ def test_stats(tiny_dd_path, tmp_path):
     assert sum(data["bands"].values()) == 5
     r = _run("stats", manifest, "--top", "3")
     assert r.exit_code == 0 and "6 images: 5 tagged, 1 failed" in r.output and "bad.png" in r.output
+
+
+def test_out_of_memory_splits_the_batch(tiny_dd_path, tmp_path):
+    """A simulated CUDA OOM above 2 images a forward: the batch is split and the results are those of a plain run."""
+    import torch
+
+    from tagloop.notices import set_sink
+    from tagloop.tagger.base import LoadOptions
+    from tagloop.tagger.resolve import get_tagger
+    from tagloop.tagger.run import TagOptions, tag_sources
+
+    files = [str(f) for f in _images(tmp_path / "data", 7)]
+    tagger = get_tagger(str(tiny_dd_path), LoadOptions(device="cpu"))
+    plain = [r.to_json() for r in tag_sources(tagger, files, TagOptions(batch_size=8, workers=1))]
+    sizes = []
+
+    class Small:
+        """The real tagger, on an accelerator with room for 2 images a forward."""
+
+        def __getattr__(self, name):
+            return getattr(tagger, name)
+
+        def predict(self, batch):
+            sizes.append(len(batch))
+            if len(batch) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return tagger.predict(batch)
+
+    said = []
+    set_sink(said.append)
+    try:
+        split = [r.to_json() for r in tag_sources(Small(), files, TagOptions(batch_size=8, workers=1))]
+    finally:
+        set_sink(None)
+    assert split == plain
+    assert sizes == [7, 3, 1, 2, 4, 2, 2]  # halves of halves until a forward fits
+    assert any("ran out of memory" in m for m in said)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
+from ..devices import empty_cache, is_oom
 from .models import (
     GeneratorError,
     LoadedModel,
@@ -313,9 +314,9 @@ class Generator:
                         try:
                             images = self._run_batch(loaded, s, batch, init)
                         except Exception as e:  # noqa: BLE001 - only OOM is handled here
-                            if not _is_oom(e):
+                            if not is_oom(e):
                                 raise
-                            _empty_cache()
+                            empty_cache()
                             if len(batch) == 1:
                                 raise GeneratorError(
                                     f"CUDA ran out of memory even with one {s.width}x{s.height} image; use --offload model, "
@@ -589,20 +590,6 @@ def _num(v: float | None):
 
 def _clean_name(name: str) -> str:
     return name.replace(":", "").replace(",", "")
-
-
-def _is_oom(e: BaseException) -> bool:
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
-
-def _empty_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _load_init_image(source):

@@ -245,17 +245,32 @@ def _run_group(tagger: Tagger, group: Sequence[_Prepared], options: TagOptions) 
 def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) -> list[TagResult]:
     """One forward pass; if it fails, each image alone, so one bad input only costs itself.
 
-    A :class:`TaggerError` (the model does not fit its labels, was closed, ...) is not an image
-    problem: it propagates, so the command stops with exit code 2 instead of failing every image.
+    Out of accelerator memory, the batch is split in halves and each half tried again (down to one
+    image; the first split is said once). A :class:`TaggerError` (the model does not fit its
+    labels, was closed, ...) is not an image problem: it propagates, so the command stops with exit
+    code 2 instead of failing every image.
     """
+    from ..devices import empty_cache, is_oom
+
     stack = np.stack([p.array for p in batch])
     try:
         probs = tagger.predict(stack)
     except TaggerError:
         raise  # the model itself is wrong (shape, labels, closed): every image would fail the same way
     except Exception as e:
+        if is_oom(e) and len(batch) > 1:
+            empty_cache()
+            from ..notices import notice
+
+            notice(
+                f"the tagger ran out of memory with a batch of {len(batch)}; splitting batches in halves "
+                "(a smaller `batch_size` avoids the retries)."
+            )
+            half = len(batch) // 2
+            return _run_batch(tagger, batch[:half], options) + _run_batch(tagger, batch[half:], options)
         if len(batch) == 1:
-            return [TagResult(path=batch[0].path, tags=[], error=f"model failed: {type(e).__name__}: {e}", model=tagger.source)]
+            why = "out of memory even alone" if is_oom(e) else f"{type(e).__name__}: {e}"
+            return [TagResult(path=batch[0].path, tags=[], error=f"model failed: {why}", model=tagger.source)]
         return [r for p in batch for r in _run_batch(tagger, [p], options)]
     return [build_result(tagger, p.path, row, p.density, options) for p, row in zip(batch, probs)]
 
