@@ -292,3 +292,39 @@ def test_out_of_memory_splits_the_batch(tiny_dd_path, tmp_path):
     assert split == plain
     assert sizes == [7, 3, 1, 2, 4, 2, 2]  # halves of halves until a forward fits
     assert any("ran out of memory" in m for m in said)
+
+
+def test_several_devices_one_manifest(tiny_dd_path, tmp_path):
+    """Two processes (two CPU devices here; cuda:0,cuda:1 on a GPU machine) give the records of one."""
+    import shutil
+
+    from tagloop.tagger.manifest import latest_records, shard_dir
+
+    files = _images(tmp_path / "data", 9)
+    one = tmp_path / "one"
+    shutil.copytree(tmp_path / "data", one)
+    assert _tag(tiny_dd_path, one, tmp_path / "one.jsonl").exit_code == 0
+    manifest = tmp_path / "m.jsonl"
+    r = _tag(tiny_dd_path, tmp_path / "data", manifest, "--devices", "cpu,cpu")
+    assert r.exit_code == 0, r.output
+    got, want = latest_records(manifest), latest_records(tmp_path / "one.jsonl")
+    assert len(_records(manifest)) == 9 and not shard_dir(manifest).exists()
+    for f in files:
+        a, b = got[str(f)], want[str(one / f.name)]
+        assert a["tags"] == b["tags"] and a["scores"] == b["scores"] and a["sha256"] == b["sha256"]
+        assert f.with_suffix(".txt").read_text(encoding="utf-8") == (one / f.name).with_suffix(".txt").read_text(encoding="utf-8")
+    assert len({x["run"] for x in _records(manifest)}) == 2  # one run header per device process
+    # a shard a killed run left is merged first, and nothing is tagged twice
+    new = _images(tmp_path / "more", 2)
+    for f in new:
+        shutil.copy(f, tmp_path / "data" / f"extra-{f.name}")
+    left = shard_dir(manifest)
+    left.mkdir()
+    lines = manifest.read_text(encoding="utf-8").splitlines(keepends=True)
+    (left / "dev-0.jsonl").write_text(lines[0] + lines[1], encoding="utf-8")  # a header and a record already merged
+    r = _tag(tiny_dd_path, tmp_path / "data", manifest, "--devices", "cpu,cpu")
+    assert r.exit_code == 0, r.output
+    names = sorted(Path(x["path"]).name for x in _records(manifest))
+    assert names == sorted([f.name for f in files] + [f"extra-{f.name}" for f in new])
+    r = _run("tag", tmp_path / "data", "--model", tiny_dd_path, "--devices", "cpu,cpu")
+    assert r.exit_code == 2 and "manifest" in r.output

@@ -189,14 +189,9 @@ TAGGER_OPTION_NAMES = (
 )
 
 
-def build_tagger(**kw: Any):
-    """Load (or reuse) the tagger the options name and make its :class:`TagOptions` (options -> settings -> API)."""
-    from ..api import load_tagger
-    from ..tagger.preprocess import DEFAULT_MAX_PIXELS
-    from ..tagger.run import make_tag_options
-
-    tagger = load_tagger(
-        kw.get("model") or None,
+def tagger_load_kwargs(**kw: Any) -> dict[str, Any]:
+    """The :func:`tagloop.load_tagger` keywords of the tagger options (the model itself aside)."""
+    return dict(
         device=kw.get("device") or "auto",
         dtype=kw.get("dtype") or "auto",
         tensorrt=bool(kw.get("tensorrt")),
@@ -209,8 +204,15 @@ def build_tagger(**kw: Any):
         comfyui_dir=kw.get("comfyui_dir"),
         backend=kw.get("backend"),
     )
+
+
+def tag_options_from(**kw: Any):
+    """The :class:`TagOptions` of the tagger options (thresholds, bands, batch, workers, pixel cap)."""
+    from ..tagger.preprocess import DEFAULT_MAX_PIXELS
+    from ..tagger.run import make_tag_options
+
     bands = kw.get("bands") or DEFAULT_BANDS
-    options = make_tag_options(
+    return make_tag_options(
         threshold=kw.get("threshold"),
         general_threshold=kw.get("general_threshold"),
         character_threshold=kw.get("character_threshold"),
@@ -221,7 +223,14 @@ def build_tagger(**kw: Any):
         batch_size=int(kw["batch_size"]) if kw.get("batch_size") else None,
         workers=int(kw["workers"]) if kw.get("workers") else None,
     )
-    return tagger, options
+
+
+def build_tagger(**kw: Any):
+    """Load (or reuse) the tagger the options name and make its :class:`TagOptions` (options -> settings -> API)."""
+    from ..api import load_tagger
+
+    tagger = load_tagger(kw.get("model") or None, **tagger_load_kwargs(**kw))
+    return tagger, tag_options_from(**kw)
 
 
 def tag_one(image_path: str | Path, **kw: Any) -> TagResult:
@@ -302,6 +311,23 @@ def caption_extension(value: str) -> str:
     show_default=True,
     help="With --out: keep every tag's score at or above this (what `tagloop retag` can re-threshold down to).",
 )
+@click.option(
+    "--devices",
+    default=None,
+    help="Several devices at once, one process each on its own share of the files (`0,1` = cuda:0,cuda:1; `cpu,cpu`); needs --out.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help='ray: a Ray Data pipeline (pip install "tagloop[ray]"); needs --out.',
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --engine ray: an existing cluster (`auto`, `ray://HOST:10001`); default: a local Ray.",
+)
 @click.option("--recursive", "-r", is_flag=True, default=False, help="Walk folders recursively.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode threads (default: one per core, up to 8).")
@@ -331,6 +357,9 @@ def tag_command(
     overwrite,
     existing,
     score_floor,
+    devices,
+    engine,
+    ray_address,
     recursive,
     batch_size,
     workers,
@@ -386,7 +415,10 @@ def tag_command(
         from ..filters.blocklist import load_blocklist
 
         load_blocklist([Path(f) for f in filter_files])
-    tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
+    if devices or engine == "ray":
+        options = tag_options_from(batch_size=batch_size, workers=workers, **kw)
+    else:
+        tagger, options = build_tagger(batch_size=batch_size, workers=workers, **kw)
     bulk = BulkOptions(
         manifest=Path(manifest) if manifest else None,
         sidecar=sidecar,
@@ -402,6 +434,9 @@ def tag_command(
         max_tags=options.max_tags,
     )
     stats = BulkStats()
+    if devices or engine == "ray":
+        _run_elsewhere(files, kw, options, bulk, devices, engine, ray_address, fmt, output, quiet, started, failed_records)
+        return
 
     single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
     n_json = 0
@@ -474,6 +509,58 @@ def tag_command(
         if quiet:  # otherwise the summary line above has said how many failed
             click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)
+
+
+def _run_elsewhere(files, kw, options, bulk, devices, engine, ray_address, fmt, output, quiet, started, failed_records) -> None:
+    """``--devices`` / ``--engine ray``: the work runs in other processes; results go to the manifest (and captions)."""
+    from ..errors import InputError
+
+    if bulk.manifest is None:
+        raise InputError("several `devices` and the Ray `engine` write their results to a manifest: give it (`out`).")
+    if output or fmt != "text":
+        notice(
+            "with several devices or the Ray engine, results go to the manifest (`tagloop stats`, `tagloop retag` read it); --format/--output ignored."
+        )
+    load_kwargs = tagger_load_kwargs(**kw)
+    echo = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    if engine == "ray":
+        from ..tagger.ray_engine import run_ray
+
+        load_kwargs.pop("device", None)
+        stats = run_ray(
+            files,
+            model=kw.get("model") or _default_model(),
+            load_kwargs=load_kwargs,
+            options=options,
+            bulk=bulk,
+            address=ray_address,
+        )
+    else:
+        from ..tagger.multi import parse_devices, run_devices
+
+        stats = run_devices(
+            files,
+            devices=parse_devices(devices),
+            model=kw.get("model") or None,
+            load_kwargs=load_kwargs,
+            options=options,
+            bulk=bulk,
+            echo=echo,
+        )
+    failed = stats.failed + len(failed_records)
+    if not quiet:
+        skipped = stats.skipped_done + stats.skipped_existing
+        click.echo(
+            f"tagloop: {stats.tagged} tagged, {skipped} skipped, {failed} failed in {time.monotonic() - started:.1f} s", err=True
+        )
+    if failed:
+        sys.exit(1)
+
+
+def _default_model() -> str:
+    from ..api import default_tagger_model
+
+    return default_tagger_model()
 
 
 def _open_output(stack: ExitStack, path: str, option: str):

@@ -54,6 +54,8 @@ class BulkOptions:
     character_first: bool = False
     filter_files: tuple[str, ...] = ()
     max_tags: int | None = None
+    #: more manifests whose records count as done (a worker of a multi-process run reads the main one)
+    previous_manifests: tuple[Path, ...] = ()
 
     def check(self) -> None:
         from ..errors import InputError
@@ -211,9 +213,11 @@ def run_bulk(
     previous: dict[str, dict[str, Any]] = {}
     writer = None
     header = None
+    for other in bulk.previous_manifests:
+        previous.update(latest_records(other))
     if bulk.manifest is not None:
         stats.repaired_bytes = repair(bulk.manifest)
-        previous = latest_records(bulk.manifest)
+        previous.update(latest_records(bulk.manifest))
         header = run_header(tagger, options, bulk)
     key = header["settings_key"] if header else None
     infos: dict[str, _Info] = {}

@@ -146,3 +146,40 @@ class ManifestWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def shard_dir(manifest: Path) -> Path:
+    """Where the shards of a multi-process run of ``manifest`` live: ``MANIFEST.shards/``."""
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.name + ".shards")
+
+
+def merge_shard(manifest: Path, shard: Path) -> int:
+    """Append a shard's lines to ``manifest`` (those already there from an interrupted merge are
+    left out: a record is the same when path and run match), then remove the shard; returns the
+    image records added."""
+    manifest, shard = Path(manifest), Path(shard)
+    repair(shard)
+    have: set[tuple[str, str]] = set()
+    runs_there: set[str] = set()
+    if manifest.is_file():
+        repair(manifest)
+        for obj in read_lines(manifest):
+            if obj.get("type") == "image":
+                have.add((str(obj.get("path")), str(obj.get("run"))))
+            elif obj.get("type") == "run":
+                runs_there.add(str(obj.get("id")))
+    lines = []
+    added = 0
+    for obj in read_lines(shard):
+        if obj.get("type") == "run" and str(obj.get("id")) in runs_there:
+            continue
+        if obj.get("type") == "image":
+            if (str(obj.get("path")), str(obj.get("run"))) in have:
+                continue
+            added += 1
+        lines.append(obj)
+    with ManifestWriter(manifest) as w:
+        w.write(lines)
+    shard.unlink()
+    return added
