@@ -41,7 +41,7 @@ def _final_mode(path: Path) -> int:
 
 
 @contextmanager
-def _atomic(path: str | Path, mode: str, encoding: str | None) -> Iterator[IO]:
+def _atomic(path: str | Path, mode: str, encoding: str | None, durable: bool = True) -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,7 +52,8 @@ def _atomic(path: str | Path, mode: str, encoding: str | None) -> Iterator[IO]:
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -62,16 +63,21 @@ def _atomic(path: str | Path, mode: str, encoding: str | None) -> Iterator[IO]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
-    with _atomic(path, "wb", None) as f:
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``.
+
+    ``durable=False`` skips the fsync: still all-or-nothing for a killed process (the rename is
+    atomic), but a power cut may lose the newest content; for many small files whose writer checks
+    them again on resume (bulk captions), where one fsync each would cost more than the tagging.
+    """
+    with _atomic(path, "wb", None, durable) as f:
         f.write(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
     """Write UTF-8 text (whatever the locale) atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
 #: Kaomoji whose underscore is part of the face; SmilingWolf's reference app keeps these intact.
@@ -66,6 +67,7 @@ def _has_bare_paren(text: str) -> bool:
     return False
 
 
+@lru_cache(maxsize=1 << 16)
 def canonical(tag: str) -> str:
     """The matching key of a tag: unescaped, lower-case, trimmed, spaces as underscores.
 
@@ -78,6 +80,17 @@ def canonical(tag: str) -> str:
     """
     text = (tag if _has_bare_paren(tag) else unescape(tag)).strip().lower()
     return _SPACES.sub("_", text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _written(tag: str, use_spaces: bool, escape_text: bool, keep_kaomoji: bool) -> str:
+    """A tag as :meth:`TagPolicy.format` writes it (names repeat over a dataset: computed once each)."""
+    text = canonical(tag)
+    if use_spaces and not (keep_kaomoji and text in KAOMOJI):
+        text = text.replace("_", " ")
+    if escape_text:
+        text = escape(text)
+    return text
 
 
 def is_kaomoji(tag: str) -> bool:
@@ -101,11 +114,7 @@ class TagPolicy:
     score_digits: int = 2
 
     def format(self, tag: str, score: float | None = None) -> str:
-        text = canonical(tag)
-        if self.use_spaces and not (self.keep_kaomoji and text in KAOMOJI):
-            text = text.replace("_", " ")
-        if self.escape:
-            text = escape(text)
+        text = _written(tag, self.use_spaces, self.escape, self.keep_kaomoji)
         if score is not None:
             text = f"({text}:{score:.{self.score_digits}f})"
         return text

@@ -74,7 +74,8 @@ def retag_command(
     )
     click.echo(
         f"tagloop: {stats.images} image(s): {stats.rewritten} stale caption(s) rewritten, {stats.missing} missing written, "
-        f"{stats.unchanged} unchanged, {len(stats.edited)} edited by hand left alone, {stats.failed} failed image(s) "
+        f"{stats.unchanged} unchanged, {len(stats.edited)} edited by hand left alone, {stats.gone} image(s) gone, "
+        f"{stats.failed} failed image(s) "
         f"in {stats.seconds:.1f} s",
         err=True,
     )

@@ -246,7 +246,8 @@ def run_bulk(
                 continue
             if rec is not None and not bulk.overwrite and rec.get("settings_key") == key:
                 same = rec.get("bytes") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
-                caption_ok = not bulk.sidecar or rec.get("error") is not None or target.exists()
+                # the caption is the one recorded (a power cut can lose a caption written without fsync)
+                caption_ok = not bulk.sidecar or rec.get("error") is not None or _ours(rec, target)
                 if same and caption_ok:
                     stats.skipped_done += 1
                     if on_skip is not None:
@@ -260,7 +261,7 @@ def run_bulk(
                 continue
             sha = file_sha256(data)
             if rec is not None and not bulk.overwrite and rec.get("settings_key") == key and rec.get("sha256") == sha:
-                if not bulk.sidecar or rec.get("error") is not None or target.exists():
+                if not bulk.sidecar or rec.get("error") is not None or _ours(rec, target):
                     stats.skipped_done += 1
                     if on_skip is not None:
                         on_skip(path, "already in the manifest")
@@ -353,7 +354,7 @@ def _write_caption(result: TagResult, info: _Info, bulk: BulkOptions) -> tuple[T
         text = merge_caption(text, original, bulk.existing)
     data = text + "\n"
     try:
-        atomic_write_text(target, data)
+        atomic_write_text(target, data, durable=False)  # checked by content on resume: see _ours
     except OSError as e:
         return dataclasses.replace(result, error=f"cannot write its caption {target} ({e.strerror or e})"), {}
     rec = {"caption": str(target), "caption_sha256": file_sha256(data.encode("utf-8"))}

@@ -84,20 +84,29 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield obj
 
 
+def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One pass over a manifest: the last ``image`` record of every path, and the ``run`` headers by id."""
+    records: dict[str, dict[str, Any]] = {}
+    headers: dict[str, dict[str, Any]] = {}
+    if not Path(path).is_file():
+        return records, headers
+    for obj in read_lines(path):
+        kind = obj.get("type")
+        if kind == "image" and "path" in obj:
+            records[obj["path"]] = obj
+        elif kind == "run" and "id" in obj:
+            headers[obj["id"]] = obj
+    return records, headers
+
+
 def latest_records(path: Path) -> dict[str, dict[str, Any]]:
     """The last ``image`` record of every path in the manifest (empty for a missing file)."""
-    out: dict[str, dict[str, Any]] = {}
-    if not Path(path).is_file():
-        return out
-    for obj in read_lines(path):
-        if obj.get("type") == "image" and "path" in obj:
-            out[obj["path"]] = obj
-    return out
+    return read_manifest(path)[0]
 
 
 def runs(path: Path) -> dict[str, dict[str, Any]]:
     """The ``run`` headers of a manifest, by id."""
-    return {o["id"]: o for o in read_lines(path) if o.get("type") == "run" and "id" in o}
+    return read_manifest(path)[1]
 
 
 def settings_key(model: dict[str, Any], settings: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from ..fileio import atomic_write_text
 from ..tagtext import TagPolicy
 from .bulk import file_sha256, merge_caption
 from .captions import caption
-from .manifest import ManifestWriter, latest_records, repair, runs, settings_key
+from .manifest import ManifestWriter, read_manifest, repair, settings_key
 
 
 @dataclass
@@ -34,6 +34,7 @@ class RetagStats:
     unchanged: int = 0
     edited: list[str] = field(default_factory=list)  # changed since tagloop wrote them: left alone
     missing: int = 0  # the caption file is gone: written again
+    gone: int = 0  # the image itself is gone: no caption written
     seconds: float = 0.0
 
 
@@ -42,10 +43,10 @@ def _load(manifest: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str
     if not manifest.is_file():
         raise InputError(f"manifest {manifest} does not exist; write one with `tagloop tag DIR --out {manifest.name}`.")
     repair(manifest)
-    records = latest_records(manifest)
+    records, headers = read_manifest(manifest)
     if not records:
         raise InputError(f"manifest {manifest} holds no image records.")
-    return records, runs(manifest)
+    return records, headers
 
 
 def retag_manifest(
@@ -155,6 +156,9 @@ def _recaption(result, rec: dict[str, Any], new: dict[str, Any], cap: dict[str, 
     text = merge_caption(text, rec.get("original_caption"), cap.get("existing", "overwrite"))
     data = text + "\n"
     target = Path(rec["caption"])
+    if not Path(rec["path"]).exists():
+        stats.gone += 1
+        return
     try:
         current = target.read_bytes()
     except FileNotFoundError:
@@ -170,7 +174,7 @@ def _recaption(result, rec: dict[str, Any], new: dict[str, Any], cap: dict[str, 
             stats.missing += 1
         else:
             stats.rewritten += 1
-        atomic_write_text(target, data)
+        atomic_write_text(target, data, durable=False)
     new["caption_sha256"] = file_sha256(data.encode("utf-8"))
 
 
