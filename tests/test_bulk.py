@@ -328,3 +328,20 @@ def test_several_devices_one_manifest(tiny_dd_path, tmp_path):
     assert names == sorted([f.name for f in files] + [f"extra-{f.name}" for f in new])
     r = _run("tag", tmp_path / "data", "--model", tiny_dd_path, "--devices", "cpu,cpu")
     assert r.exit_code == 2 and "manifest" in r.output
+
+
+def test_fast_decode_decodes_large_jpegs_smaller(tmp_path):
+    import io
+
+    from tagloop.tagger.preprocess import load_image
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).resize((2048, 1536), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    full, fast = load_image(buf.getvalue()), load_image(buf.getvalue(), fit=448)
+    assert full.size == (2048, 1536) and fast.size == (512, 384)  # 1/4 scale: the long side still >= 448
+    assert load_image(buf.getvalue(), fit=1500).size == (2048, 1536)  # no DCT scale leaves 1500: full size
+    png = io.BytesIO()
+    img.save(png, "PNG")
+    assert load_image(png.getvalue(), fit=448).size == (2048, 1536)  # only JPEGs have DCT scaling

@@ -160,6 +160,12 @@ def tagger_options(f: Callable) -> Callable:
             default=None,
             help="DeepDanbooru input side (multiple of 128, or HxW); default 512 or the project.json beside the model.",
         ),
+        click.option(
+            "--fast-decode",
+            is_flag=True,
+            default=False,
+            help="Decode large JPEGs at a reduced scale that still covers the model's input (faster; scores move a little).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -186,6 +192,7 @@ TAGGER_OPTION_NAMES = (
     "max_pixels",
     "max_tags",
     "input_size",
+    "fast_decode",
 )
 
 
@@ -220,6 +227,7 @@ def tag_options_from(**kw: Any):
         bands=bands if isinstance(bands, str) else tuple(bands),
         max_tags=kw.get("max_tags"),
         max_pixels=kw.get("max_pixels") or DEFAULT_MAX_PIXELS,
+        fast_decode=bool(kw.get("fast_decode")),
         batch_size=int(kw["batch_size"]) if kw.get("batch_size") else None,
         workers=int(kw["workers"]) if kw.get("workers") else None,
     )

@@ -45,8 +45,13 @@ class ImageDecodeError(Exception):
     """A file that cannot be used as an image; the message says why in one sentence."""
 
 
-def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``source`` to an 8-bit ``RGB`` or ``RGBA`` image, or raise :class:`ImageDecodeError`."""
+def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, fit: int | None = None) -> Image.Image:
+    """Decode ``source`` to an 8-bit ``RGB`` or ``RGBA`` image, or raise :class:`ImageDecodeError`.
+
+    ``fit`` (fast decode): a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
+    leaves its long side at least ``fit`` pixels, the side a model resizes it to; other formats as
+    they are. Faster for large JPEGs; the pixels (and the edge density) differ a little.
+    """
     name = str(source) if isinstance(source, (str, Path)) else "image"
     if isinstance(source, bytes):
         if not source:
@@ -78,6 +83,9 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     try:
         if getattr(img, "is_animated", False):
             img.seek(0)
+        if fit and img.format == "JPEG" and max(w, h) > 2 * fit:
+            scale = fit / max(w, h)
+            img.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return to_8bit(img)

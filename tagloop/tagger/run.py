@@ -44,6 +44,8 @@ class TagOptions:
     workers: int = field(default_factory=lambda: max(1, min(8, (os.cpu_count() or 2))))
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     compute_edge_density: bool = True
+    #: decode large JPEGs at a reduced DCT scale that still covers the model's input (see load_image)
+    fast_decode: bool = False
     #: keep every non-rating probability >= this in ``TagResult.probs`` (None: keep none); the
     #: reproduction report scores and re-thresholds from them
     prob_floor: float | None = None
@@ -96,7 +98,8 @@ class _Prepared:
 
 def _prepare(tagger: Tagger, index: int, source: ImageSource, name: str, options: TagOptions) -> _Prepared:
     try:
-        img = to_8bit(source) if isinstance(source, Image.Image) else load_image(source, options.max_pixels)
+        fit = max(tagger.input_size) if options.fast_decode else None
+        img = to_8bit(source) if isinstance(source, Image.Image) else load_image(source, options.max_pixels, fit)
         need_density = options.compute_edge_density or options.threshold is None
         density = edge_density(img) if need_density else None
         arr = tagger.preprocess(img)
