@@ -458,6 +458,24 @@ class Reproducer:
             )
         return changes
 
+    def _calibrate(self, report: dict[str, Any], rgb: Image.Image, timings: dict[str, float]) -> None:
+        """The ceiling (altered copies of the source) and the floor (unrelated pictures), read by every scorer."""
+        from ..report.calibrate import ceiling_copies
+
+        copies = ceiling_copies(rgb, self.settings.augment)
+        outs = self._outputs(list(copies.values()), list(copies), timings, "calibrate")
+        cos = self._clip(rgb, list(copies.values()), timings)
+        for (cid, _), o, c in zip(copies.items(), outs, cos):
+            report["images"][cid] = _image_entry("ceiling", None, cid, o, c)
+        floor = self._floor_images(timings)
+        floor_cos: list[float | None] = [None] * len(floor)
+        if self.clip is not None and self._floor_embed:
+            ok = [(i, im) for i, im in enumerate(self._floor_embed) if im is not None]
+            for (i, _), c in zip(ok, self._clip(rgb, [im for _, im in ok], timings)):
+                floor_cos[i] = c
+        for (fid, fpath, o), c in zip(floor, floor_cos):
+            report["images"][fid] = _image_entry("floor", None, fpath, o, c)
+
     # -- one source -----------------------------------------------------------------------------
 
     def _skeleton(self, source: str, folder: Path | None) -> dict[str, Any]:
@@ -523,7 +541,6 @@ class Reproducer:
         from ..a1111.infotext import save_png
         from ..fileio import atomic_write_text
         from ..prompt.composer import compose_prompt
-        from ..report.calibrate import ceiling_copies
         from ..tagger.preprocess import load_image
 
         name = name or (str(source) if isinstance(source, (str, Path)) else "image")
@@ -586,34 +603,7 @@ class Reproducer:
             ).replace("  ", " ")
             return self._finish(report, folder, None, [], timings, t_start)
 
-        # calibration: the ceiling (altered copies of the source) and the floor (unrelated pictures)
-        copies = ceiling_copies(rgb, self.settings.augment)
-        outs = self._outputs(list(copies.values()), list(copies), timings, "calibrate")
-        cos = self._clip(rgb, list(copies.values()), timings)
-        for (cid, _), o, c in zip(copies.items(), outs, cos):
-            report["images"][cid] = {
-                "kind": "ceiling",
-                "file": None,
-                "path": cid,
-                "error": o.get("error"),
-                "outputs": {k: v for k, v in o.items() if k != "error"},
-                "clip_cosine": c,
-            }
-        floor = self._floor_images(timings)
-        floor_cos: list[float | None] = [None] * len(floor)
-        if self.clip is not None and self._floor_embed:
-            ok = [(i, im) for i, im in enumerate(self._floor_embed) if im is not None]
-            for (i, _), c in zip(ok, self._clip(rgb, [im for _, im in ok], timings)):
-                floor_cos[i] = c
-        for (fid, fpath, o), c in zip(floor, floor_cos):
-            report["images"][fid] = {
-                "kind": "floor",
-                "file": None,
-                "path": fpath,
-                "error": o.get("error"),
-                "outputs": {k: v for k, v in o.items() if k != "error"},
-                "clip_cosine": c,
-            }
+        self._calibrate(report, rgb, timings)
 
         init = rgb if self.settings.img2img else None
         weights = dict(self.prompt_settings.weights)
@@ -642,14 +632,7 @@ class Reproducer:
                 error = v.error or o.get("error")
                 v.error = error
                 file = str(v.path.relative_to(folder)) if folder is not None and v.path is not None else None
-                report["images"][v.id] = {
-                    "kind": "variant",
-                    "file": file,
-                    "path": str(v.path) if v.path else v.id,
-                    "error": error,
-                    "outputs": {k: x for k, x in o.items() if k != "error"},
-                    "clip_cosine": c,
-                }
+                report["images"][v.id] = _image_entry("variant", file, str(v.path) if v.path else v.id, {**o, "error": error}, c)
                 report["variants"].append(
                     {"id": v.id, "round": r, "index": v.index, "seed": v.seed, "file": file, "error": error}
                 )
@@ -787,41 +770,12 @@ def compare_images(
     )
     del report["settings"]["generate"], report["settings"]["refine"], report["settings"]["img2img"], report["settings"]["denoise"]
     report["settings"]["variants"] = len(variants)
-    report["images"]["source"] = {
-        "kind": "source",
-        "file": None,
-        "path": name,
-        "error": None,
-        "outputs": rep._outputs([img], [name], timings, "tag")[0],
-        "clip_cosine": None,
-    }
-    if "error" in report["images"]["source"]["outputs"]:
+    report["images"]["source"] = _image_entry("source", None, name, rep._outputs([img], [name], timings, "tag")[0], None)
+    if report["images"]["source"]["error"]:
         from ..tagger.preprocess import ImageDecodeError
 
-        raise ImageDecodeError(report["images"]["source"]["outputs"]["error"])
-    copies = ceiling_copies_for(rgb, rep.settings.augment)
-    for (cid, _), o, c in zip(
-        copies.items(),
-        rep._outputs(list(copies.values()), list(copies), timings, "calibrate"),
-        rep._clip(rgb, list(copies.values()), timings),
-    ):
-        report["images"][cid] = {
-            "kind": "ceiling",
-            "file": None,
-            "path": cid,
-            "error": o.get("error"),
-            "outputs": {k: v for k, v in o.items() if k != "error"},
-            "clip_cosine": c,
-        }
-    for fid, fpath, o in rep._floor_images(timings):
-        report["images"][fid] = {
-            "kind": "floor",
-            "file": None,
-            "path": fpath,
-            "error": o.get("error"),
-            "outputs": {k: v for k, v in o.items() if k != "error"},
-            "clip_cosine": None,
-        }
+        raise ImageDecodeError(report["images"]["source"]["error"])
+    rep._calibrate(report, rgb, timings)
     names = [str(v) if isinstance(v, (str, Path)) else f"image-{i:05d}" for i, v in enumerate(variants)]
     ids = [f"v-{i:05d}" for i in range(len(variants))]
     decoded = []
@@ -838,14 +792,7 @@ def compare_images(
     for i, (vid, vname) in enumerate(zip(ids, names)):
         o, c = got.get(i, ({"error": str(decoded[i])}, None))
         error = o.get("error")
-        report["images"][vid] = {
-            "kind": "variant",
-            "file": None,
-            "path": vname,
-            "error": error,
-            "outputs": {k: x for k, x in o.items() if k != "error"},
-            "clip_cosine": c,
-        }
+        report["images"][vid] = _image_entry("variant", None, vname, o, c)
         report["variants"].append({"id": vid, "round": 0, "index": i, "seed": None, "file": None, "path": vname, "error": error})
         results.append(VariantResult(vid, 0, i, 0, Path(vname) if isinstance(variants[i], (str, Path)) else None, error))
     report["rounds"].append({"round": 0, "positive": None, "negative": None, "changes": [], "variants": ids})
@@ -920,10 +867,16 @@ def rescore_folder(
     return done
 
 
-def ceiling_copies_for(image, kinds):
-    from ..report.calibrate import ceiling_copies
-
-    return ceiling_copies(image, kinds)
+def _image_entry(kind: str, file: str | None, path: str, outputs: dict[str, Any], clip: float | None) -> dict[str, Any]:
+    """One ``images`` entry of a report: raw outputs by scorer, or the error that stopped them."""
+    return {
+        "kind": kind,
+        "file": file,
+        "path": path,
+        "error": outputs.get("error"),
+        "outputs": {k: v for k, v in outputs.items() if k != "error"},
+        "clip_cosine": clip,
+    }
 
 
 def _remove_stale_temp_files(folder: Path) -> None:
