@@ -244,15 +244,11 @@ def run_bulk(
                 infos[name] = _Info(path, 0, 0, "", previous=rec)
                 yield name, name  # the decoder says what is wrong with it
                 continue
-            if rec is not None and not bulk.overwrite and rec.get("settings_key") == key:
-                same = rec.get("bytes") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
-                # the caption is the one recorded (a power cut can lose a caption written without fsync)
-                caption_ok = not bulk.sidecar or rec.get("error") is not None or _ours(rec, target)
-                if same and caption_ok:
-                    stats.skipped_done += 1
-                    if on_skip is not None:
-                        on_skip(path, "already in the manifest")
-                    continue
+            if already_done(rec, key, bulk, target, size=st.st_size, mtime_ns=st.st_mtime_ns):
+                stats.skipped_done += 1
+                if on_skip is not None:
+                    on_skip(path, "already in the manifest")
+                continue
             try:
                 data = path.read_bytes()
             except OSError:
@@ -260,12 +256,11 @@ def run_bulk(
                 yield name, name
                 continue
             sha = file_sha256(data)
-            if rec is not None and not bulk.overwrite and rec.get("settings_key") == key and rec.get("sha256") == sha:
-                if not bulk.sidecar or rec.get("error") is not None or _ours(rec, target):
-                    stats.skipped_done += 1
-                    if on_skip is not None:
-                        on_skip(path, "already in the manifest")
-                    continue
+            if already_done(rec, key, bulk, target, sha256=sha):  # touched, not changed
+                stats.skipped_done += 1
+                if on_skip is not None:
+                    on_skip(path, "already in the manifest")
+                continue
             w, h = _image_size(data)
             infos[name] = _Info(path, st.st_size, st.st_mtime_ns, sha, w, h, rec)
             yield data, name
@@ -326,6 +321,27 @@ class _Pairs:
                 yield self._names.pop(0)
             else:  # tag_sources asks for a name right after the source it belongs to
                 return
+
+
+def already_done(
+    rec: dict[str, Any] | None,
+    key: str | None,
+    bulk: BulkOptions,
+    target: Path,
+    *,
+    size: int | None = None,
+    mtime_ns: int | None = None,
+    sha256: str | None = None,
+) -> bool:
+    """Whether an image needs no tagging: recorded with these settings (``key``), its caption the
+    recorded one, and the same file: size and mtime as recorded, or else the same SHA-256."""
+    if rec is None or bulk.overwrite or rec.get("settings_key") != key:
+        return False
+    if bulk.sidecar and rec.get("error") is None and not _ours(rec, target):
+        return False  # lost (a power cut) or edited since: tagged again
+    if size is not None and rec.get("bytes") == size and rec.get("mtime_ns") == mtime_ns:
+        return True
+    return sha256 is not None and rec.get("sha256") == sha256
 
 
 def _ours(rec: dict[str, Any] | None, target: Path) -> bool:
