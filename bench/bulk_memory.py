@@ -53,11 +53,17 @@ _WRAPPER = (
 
 def run(args: list[str]) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _WRAPPER, sys.executable, "-m", "tagloop", *args], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "tagloop", *args], env=env, capture_output=True, text=True
+    )
     got = json.loads(out.stdout)
     if got["rc"] not in (0, 1):
         raise SystemExit(f"tagloop {' '.join(args)} failed:\n{got['err']}")
-    return {"seconds": round(got["seconds"], 2), "peak_rss_mib": round(got["maxrss_kib"] / 1024, 1), "cpu_s": round(got["cpu_s"], 2)}
+    return {
+        "seconds": round(got["seconds"], 2),
+        "peak_rss_mib": round(got["maxrss_kib"] / 1024, 1),
+        "cpu_s": round(got["cpu_s"], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    out = {"rows": rows, "cpus": os.cpu_count(), "python": sys.version.split()[0], "command": "python bench/bulk_memory.py " + " ".join(argv or sys.argv[1:])}
+    out = {
+        "rows": rows,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "command": "python bench/bulk_memory.py " + " ".join(argv or sys.argv[1:]),
+    }
     Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.json_out}")
     return 0
