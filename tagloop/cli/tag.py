@@ -161,6 +161,13 @@ def tagger_options(f: Callable) -> Callable:
             help="DeepDanbooru input side (multiple of 128, or HxW); default 512 or the project.json beside the model.",
         ),
         click.option(
+            "--preprocess-on",
+            type=click.Choice(["auto", "cpu", "device"]),
+            default="auto",
+            show_default=True,
+            help="Where JPEG decoding, the edge density and resizing run: auto = on the GPU for a torch tagger on CUDA.",
+        ),
+        click.option(
             "--fast-decode",
             is_flag=True,
             default=False,
@@ -193,6 +200,7 @@ TAGGER_OPTION_NAMES = (
     "max_tags",
     "input_size",
     "fast_decode",
+    "preprocess_on",
 )
 
 
@@ -228,6 +236,7 @@ def tag_options_from(**kw: Any):
         max_tags=kw.get("max_tags"),
         max_pixels=kw.get("max_pixels") or DEFAULT_MAX_PIXELS,
         fast_decode=bool(kw.get("fast_decode")),
+        preprocess_on=kw.get("preprocess_on") or "auto",
         batch_size=int(kw["batch_size"]) if kw.get("batch_size") else None,
         workers=int(kw["workers"]) if kw.get("workers") else None,
     )

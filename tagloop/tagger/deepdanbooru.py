@@ -637,12 +637,28 @@ class DeepDanbooruTagger(Tagger):
         fn = deepdanbooru_kdd if self.preprocessing == "kdd" else deepdanbooru_a1111
         return fn(image, width=width, height=height)
 
+    def preprocess_tensor(self, image):
+        """:meth:`preprocess` on a decoded ``(3, H, W)`` uint8 tensor, on its device (A1111 preprocessing only)."""
+        from .gpu_host import preprocess_torch
+
+        if self.preprocessing != "a1111":
+            raise TaggerError("the device-side preprocessing exists for `dd_preprocess` a1111 only.")
+        return preprocess_torch(image, "deepdanbooru", self.input_size)
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 NHWC ``(N, H, W, 3)`` -> float32 ``(N, len(tags))`` probabilities."""
+        """uint8 NHWC ``(N, H, W, 3)`` (a numpy array, or a torch tensor on any device) -> float32 ``(N, len(tags))``."""
         import torch
 
         if self.net is None:
             raise TaggerError(f"DeepDanbooru tagger {self.source} was closed; load it again.")
+        if isinstance(batch, torch.Tensor):  # from the device-side host path: already where it runs
+            if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != torch.uint8:
+                raise TaggerError(
+                    f"DeepDanbooru `predict` takes a uint8 (N, H, W, 3) batch, got {batch.dtype} {tuple(batch.shape)}."
+                )
+            with torch.inference_mode():
+                probs = self.net(batch.to(self.device, non_blocking=True).to(self.dtype).div_(255))
+            return probs.to("cpu", torch.float32).numpy()
         arr = np.asarray(batch)
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise TaggerError(
@@ -657,7 +673,10 @@ class DeepDanbooruTagger(Tagger):
             return np.zeros((0, len(self.tags)), dtype=np.float32)
         if not arr.flags.c_contiguous or not arr.flags.writeable:
             arr = np.array(arr, order="C")  # torch.from_numpy wants a writeable, contiguous array
-        x = torch.from_numpy(arr).to(self.device, non_blocking=True)
+        x = torch.from_numpy(arr)
+        if str(self.device).startswith("cuda"):
+            x = x.pin_memory()  # page-locked: the copy overlaps the previous batch's work
+        x = x.to(self.device, non_blocking=True)
         with torch.inference_mode():
             x = x.to(self.dtype).div_(255)
             probs = self.net(x)

@@ -46,6 +46,10 @@ class TagOptions:
     compute_edge_density: bool = True
     #: decode large JPEGs at a reduced DCT scale that still covers the model's input (see load_image)
     fast_decode: bool = False
+    #: where JPEG decoding, the edge density and preprocessing run: ``cpu`` (Pillow, OpenCV),
+    #: ``device`` (torch on the tagger's device: :mod:`tagloop.tagger.gpu_host`, same results), or
+    #: ``auto`` (the device for a torch tagger on CUDA, else the CPU)
+    preprocess_on: str = "auto"
     #: keep every non-rating probability >= this in ``TagResult.probs`` (None: keep none); the
     #: reproduction report scores and re-thresholds from them
     prob_floor: float | None = None
@@ -53,6 +57,9 @@ class TagOptions:
     def check(self) -> None:
         """Raise :class:`~tagloop.errors.InputError` naming the first setting out of range."""
         from ..errors import InputError
+
+        if self.preprocess_on not in ("auto", "cpu", "device"):
+            raise InputError(f"preprocess_on must be auto, cpu or device, not {self.preprocess_on!r}.")
 
         for name in ("threshold", "general_threshold", "character_threshold"):
             v = getattr(self, name)
@@ -108,6 +115,50 @@ def _prepare(tagger: Tagger, index: int, source: ImageSource, name: str, options
         return _Prepared(index, name, error=str(e))
     except Exception as e:  # one bad file never stops a bulk run
         return _Prepared(index, name, error=f"{type(e).__name__}: {e}")
+
+
+def host_device(tagger: Tagger, options: TagOptions) -> str | None:
+    """The torch device the per-image host work runs on, or None for the CPU path (see ``preprocess_on``)."""
+    if options.preprocess_on == "cpu":
+        return None
+    able = tagger.backend == "torch" and hasattr(tagger, "preprocess_tensor")
+    if tagger.family == "deepdanbooru" and getattr(tagger, "preprocessing", "a1111") != "a1111":
+        able = False
+    if options.preprocess_on == "device":
+        if not able:
+            from ..errors import InputError
+
+            raise InputError(
+                f"preprocess_on device needs a torch tagger (DeepDanbooru with A1111 preprocessing, or WD v3 timm); "
+                f"{tagger.describe()} preprocesses on the CPU: use preprocess_on cpu or auto."
+            )
+        return str(tagger.device)
+    return str(tagger.device) if able and str(tagger.device).startswith("cuda") else None
+
+
+def _prepare_on_device(tagger: Tagger, index: int, source, name: str, options: TagOptions, device: str) -> _Prepared:
+    """:func:`_prepare` for a JPEG, on ``device``: decoded, measured and preprocessed there (same
+    results as the CPU path); anything else (other formats, CMYK, a file that does not decode) goes
+    the CPU way, which also words the error."""
+    from .gpu_host import decode_jpegs, edge_density_torch
+
+    data = source
+    if isinstance(source, (str, Path)):
+        try:
+            data = Path(source).read_bytes()
+        except OSError:
+            return _prepare(tagger, index, source, name, options)
+    if not isinstance(data, (bytes, bytearray)) or not data[:2] == b"\xff\xd8":
+        return _prepare(tagger, index, source, name, options)
+    try:
+        img = decode_jpegs([bytes(data)], device, options.max_pixels)[0]
+        if img is None:
+            return _prepare(tagger, index, data, name, options)
+        need_density = options.compute_edge_density or options.threshold is None
+        density = edge_density_torch([img], channels_first=True)[0] if need_density else None
+        return _Prepared(index, name, tagger.preprocess_tensor(img), density)
+    except Exception:  # noqa: BLE001 - the CPU path decides (and words) what is wrong
+        return _prepare(tagger, index, data, name, options)
 
 
 def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | None, options: TagOptions) -> TagResult:
@@ -215,7 +266,14 @@ def tag_sources(
                 exhausted = True
                 return
             name = next(name_iter) if name_iter is not None else (str(src) if isinstance(src, (str, Path)) else f"image{i}")
-            pending.append(pool.submit(_prepare, tagger, i, src, name, options))
+            pending.append(pool.submit(prepare, i, src, name))
+
+    device = host_device(tagger, options)
+
+    def prepare(i, src, name):
+        if device is not None and not isinstance(src, Image.Image):
+            return _prepare_on_device(tagger, i, src, name, options, device)
+        return _prepare(tagger, i, src, name, options)
 
     with ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="tagloop-decode") as pool:
         submit_more(pool)
@@ -255,7 +313,7 @@ def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) 
     """
     from ..devices import empty_cache, is_oom
 
-    stack = np.stack([p.array for p in batch])
+    stack = _stack([p.array for p in batch])
     try:
         probs = tagger.predict(stack)
     except TaggerError:
@@ -276,6 +334,18 @@ def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) 
             return [TagResult(path=batch[0].path, tags=[], error=f"model failed: {why}", model=tagger.source)]
         return [r for p in batch for r in _run_batch(tagger, [p], options)]
     return [build_result(tagger, p.path, row, p.density, options) for p, row in zip(batch, probs)]
+
+
+def _stack(arrays: Sequence) -> np.ndarray:
+    """One batch: numpy arrays stacked, or (from the device-side path) torch tensors stacked on their device."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return np.stack(arrays)
+    import torch
+
+    device = next(a.device for a in arrays if isinstance(a, torch.Tensor))
+    return torch.stack(
+        [a if isinstance(a, torch.Tensor) else torch.from_numpy(np.array(a, order="C")).to(device) for a in arrays]
+    )
 
 
 def tag_image(

@@ -282,16 +282,30 @@ class WdTimmTagger(Tagger):
             arr = np.ascontiguousarray(arr[top : top + side, top : top + side])
         return arr
 
+    def preprocess_tensor(self, image):
+        """:meth:`preprocess` on a decoded ``(3, H, W)`` uint8 tensor, on its device."""
+        from .gpu_host import preprocess_torch
+
+        side = self.input_size[0]
+        arr = preprocess_torch(image, "wd14", (self._resize_side, self._resize_side))
+        if self._resize_side != side:
+            top = int(round((self._resize_side - side) / 2.0))
+            arr = arr[top : top + side, top : top + side].contiguous()
+        return arr
+
     def to_model_input(self, batch: np.ndarray):
-        """``(N, H, W, 3)`` BGR uint8 -> normalised float32 NCHW tensor on the model's device."""
+        """``(N, H, W, 3)`` BGR uint8 (numpy, or a torch tensor on any device) -> normalised float32 NCHW on the model's device."""
         import torch
 
         h, w = self.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (h, w, 3) or batch.dtype != np.uint8:
+        if tuple(batch.shape[1:]) != (h, w, 3) or batch.ndim != 4 or str(batch.dtype) not in ("uint8", "torch.uint8"):
             raise TaggerError(f"predict expects a (N, {h}, {w}, 3) uint8 batch, got {batch.dtype} {tuple(batch.shape)}.")
-        x = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.device != "cpu":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+        if isinstance(batch, torch.Tensor):
+            x = batch.to(self.device, non_blocking=True)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(batch))
+            if self.device != "cpu":
+                x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self._mean) / self._std
         if self.device != "cpu":
