@@ -214,6 +214,8 @@ _BICUBIC = Image.Resampling.BICUBIC
 _WHITE = (255, 255, 255)
 #: Rows of a padded strip handed to Pillow at once (times its width: about 1M pixels, 4 MB).
 _CHUNK_PIXELS = 1 << 20
+#: Squares up to this many pixels (4096**2, 48 MB) are built and resized whole: faster than the pieces.
+_SQUARE_PIXELS_MAX = 1 << 24
 #: Filter taps (outputs x support x rows) past which a tall strip's band is not worth it (~0.5 s).
 _BAND_TAPS_MAX = 1 << 27
 
@@ -243,7 +245,8 @@ def _wd14_square_resize(rgb: Image.Image, size: int) -> np.ndarray:
     """
     w, h = rgb.size
     side = max(w, h)
-    if side <= size:  # upscaling (or none): the square is no bigger than the output
+    if side <= size or side * side <= _SQUARE_PIXELS_MAX:  # a square this small costs less than the pieces
+        # (bit-identical either way: the pieces path resizes exactly what Pillow resizes on the square)
         padded = Image.new("RGB", (side, side), _WHITE)
         padded.paste(rgb, ((side - w) // 2, (side - h) // 2))
         if side != size:

@@ -39,7 +39,7 @@ _DEFAULT_NAMES = ("simple", "medium", "complex")
 def edge_density(image: Image.Image | np.ndarray, low: int = 100, high: int = 200) -> float:
     """Fraction of pixels Canny marks as edges in the grey image (alpha dropped, as ``cv2.imread`` does)."""
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        arr = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)  # no copy of RGB
     else:
         arr = np.asarray(image, dtype=np.uint8)
     gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else arr
