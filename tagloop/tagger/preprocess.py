@@ -87,7 +87,7 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
             scale = fit / max(w, h)
             img.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image (the usual case)
         return to_8bit(img)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
