@@ -163,7 +163,11 @@ def _prepare_on_device(tagger: Tagger, index: int, source, name: str, options: T
 
 def build_result(tagger: Tagger, path: str, probs: np.ndarray, density: float | None, options: TagOptions) -> TagResult:
     """Turn one row of probabilities into a :class:`TagResult` with the thresholds applied."""
-    return threshold_probs(tagger.tags, tagger.categories, probs, density, options, path=path, model=tagger.source)
+    cats = tagger.__dict__.get("_category_array")
+    if cats is None or len(cats) != len(tagger.categories):  # made once per tagger: the label list is fixed
+        cats = np.asarray(tagger.categories)
+        tagger.__dict__["_category_array"] = cats
+    return threshold_probs(tagger.tags, cats, probs, density, options, path=path, model=tagger.source)
 
 
 def threshold_probs(
@@ -209,19 +213,17 @@ def threshold_probs(
     if (cats == "character").any():
         thresholds["character"] = character_thr
 
-    rating: dict[str, float] = {}
-    tags: list[TagScore] = []
-    kept: list[TagScore] | None = [] if options.prob_floor is not None else None
-    for i in np.argsort(-probs, kind="stable"):
-        name, cat, p = names[i], categories[i], float(probs[i])
-        if cat == "rating":
-            rating[name.removeprefix("rating:")] = p
-            continue
-        if kept is not None and p >= float(options.prob_floor or 0.0):
-            kept.append(TagScore(name, p, cat))
-        thr = character_thr if cat == "character" else general_thr
-        if p >= thr:
-            tags.append(TagScore(name, p, cat))
+    # vectorised: a Python loop over every label (11k for WD v3) held the GIL ~5 ms an image
+    order = np.argsort(-probs, kind="stable")
+    is_rating = cats == "rating"
+    rating: dict[str, float] = {names[i].removeprefix("rating:"): float(probs[i]) for i in order[is_rating[order]]}
+    limit = np.where(cats == "character", character_thr, general_thr)
+    passed = order[((probs >= limit) & ~is_rating)[order]]
+    tags = [TagScore(names[i], float(probs[i]), str(cats[i])) for i in passed]
+    kept: list[TagScore] | None = None
+    if options.prob_floor is not None:
+        above = order[((probs >= float(options.prob_floor)) & ~is_rating)[order]]
+        kept = [TagScore(names[i], float(probs[i]), str(cats[i])) for i in above]
     if options.max_tags is not None:
         tags = tags[: max(0, options.max_tags)]
     return TagResult(
