@@ -35,6 +35,8 @@ from .manifest import MANIFEST_VERSION, ManifestWriter, latest_records, repair, 
 from .result import TagResult
 
 EXISTING_MODES = ("overwrite", "skip", "append", "prepend")
+#: What resume reads of each record (not the scores: memory stays small for millions of images).
+RESUME_FIELDS = ("path", "settings_key", "bytes", "mtime_ns", "sha256", "error", "caption", "caption_sha256", "original_caption")
 DEFAULT_SCORE_FLOOR = 0.05
 
 
@@ -214,10 +216,10 @@ def run_bulk(
     writer = None
     header = None
     for other in bulk.previous_manifests:
-        previous.update(latest_records(other))
+        previous.update(latest_records(other, RESUME_FIELDS))
     if bulk.manifest is not None:
         stats.repaired_bytes = repair(bulk.manifest)
-        previous.update(latest_records(bulk.manifest))
+        previous.update(latest_records(bulk.manifest, RESUME_FIELDS))
         header = run_header(tagger, options, bulk)
     key = header["settings_key"] if header else None
     infos: dict[str, _Info] = {}

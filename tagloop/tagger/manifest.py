@@ -70,10 +70,14 @@ def repair(path: Path) -> int:
         return size - start
 
 
-def read_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """Every whole JSON object line of a manifest (a torn or foreign line is skipped)."""
+def read_lines(path: Path, end: int | None = None) -> Iterator[dict[str, Any]]:
+    """Every whole JSON object line of a manifest (a torn or foreign line is skipped), up to byte ``end``."""
     with open(path, "rb") as f:
+        pos = 0
         for raw in f:
+            pos += len(raw)
+            if end is not None and pos > end:
+                return
             if not raw.endswith(b"\n"):
                 return
             try:
@@ -84,8 +88,13 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield obj
 
 
-def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """One pass over a manifest: the last ``image`` record of every path, and the ``run`` headers by id."""
+def read_manifest(
+    path: Path, fields: tuple[str, ...] | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One pass over a manifest: the last ``image`` record of every path, and the ``run`` headers by id.
+
+    ``fields``: keep only these keys of each record (memory stays small for millions of images).
+    """
     records: dict[str, dict[str, Any]] = {}
     headers: dict[str, dict[str, Any]] = {}
     if not Path(path).is_file():
@@ -93,15 +102,36 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict
     for obj in read_lines(path):
         kind = obj.get("type")
         if kind == "image" and "path" in obj:
-            records[obj["path"]] = obj
+            records[obj["path"]] = obj if fields is None else {k: obj[k] for k in fields if k in obj}
         elif kind == "run" and "id" in obj:
             headers[obj["id"]] = obj
     return records, headers
 
 
-def latest_records(path: Path) -> dict[str, dict[str, Any]]:
+def scan(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int], int]:
+    """The ``run`` headers, the line number of each path's last record, and the file's size now (one pass)."""
+    headers: dict[str, dict[str, Any]] = {}
+    last: dict[str, int] = {}
+    end = Path(path).stat().st_size
+    for n, obj in enumerate(read_lines(path, end)):
+        kind = obj.get("type")
+        if kind == "image" and "path" in obj:
+            last[obj["path"]] = n
+        elif kind == "run" and "id" in obj:
+            headers[obj["id"]] = obj
+    return headers, last, end
+
+
+def iter_latest(path: Path, last: dict[str, int], end: int) -> Iterator[dict[str, Any]]:
+    """The last record of every path, streamed (a second pass after :func:`scan`; lines appended since are not read)."""
+    for n, obj in enumerate(read_lines(path, end)):
+        if obj.get("type") == "image" and last.get(obj.get("path")) == n:
+            yield obj
+
+
+def latest_records(path: Path, fields: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
     """The last ``image`` record of every path in the manifest (empty for a missing file)."""
-    return read_manifest(path)[0]
+    return read_manifest(path, fields)[0]
 
 
 def runs(path: Path) -> dict[str, dict[str, Any]]:

@@ -11,19 +11,21 @@ or, with ``out``, to a new manifest holding every image.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_open, atomic_write_text
 from ..tagtext import TagPolicy
 from .bulk import file_sha256, merge_caption
 from .captions import caption
-from .manifest import ManifestWriter, read_manifest, repair, settings_key
+from .manifest import ManifestWriter, iter_latest, repair, scan, settings_key
 
 
 @dataclass
@@ -38,15 +40,15 @@ class RetagStats:
     seconds: float = 0.0
 
 
-def _load(manifest: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+def _scan(manifest: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int], int]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"manifest {manifest} does not exist; write one with `tagloop tag DIR --out {manifest.name}`.")
     repair(manifest)
-    records, headers = read_manifest(manifest)
-    if not records:
+    headers, last, end = scan(manifest)
+    if not last:
         raise InputError(f"manifest {manifest} holds no image records.")
-    return records, headers
+    return headers, last, end
 
 
 def retag_manifest(
@@ -66,86 +68,94 @@ def retag_manifest(
 
     t0 = time.perf_counter()
     manifest = Path(manifest)
-    records, headers = _load(manifest)
+    headers, last, end = _scan(manifest)  # the records themselves are streamed: memory stays small
     blocklist_cache: dict[tuple[str, ...], Any] = {}
     stats = RetagStats()
-    new_records: list[dict[str, Any]] = []
     header_for: dict[str, dict[str, Any]] = {}
-    for path, rec in records.items():
-        stats.images += 1
-        if rec.get("error") is not None or "scores" not in rec:
-            stats.failed += 1
-            new_records.append(rec)
-            continue
-        run = headers.get(rec.get("run") or "", {})
-        recorded = run.get("settings", {})
-        options = tag_options_from_json(recorded.get("tag"), **(tag_overrides or {}))
-        floor = float(recorded.get("score_floor", 0.0) or 0.0)
-        lowest = min(
-            (v for v in (options.threshold, options.general_threshold, options.character_threshold) if v is not None),
-            default=None,
-        )
-        if lowest is not None and lowest < floor - 1e-12:
-            raise InputError(
-                f"threshold {lowest} is below the manifest's score floor {floor}: scores under it were not kept; "
-                "tag again with a lower `score_floor`."
-            )
-        files = tuple(filter_files) if filter_files is not None else tuple(recorded.get("filters") or ())
-        if files not in blocklist_cache:
-            blocklist_cache[files] = load_blocklist(files) if files else None
-        blocklist = blocklist_cache[files]
-        limit = max_tags if max_tags is not None else recorded.get("max_tags")
-        names = [s[0] for s in rec["scores"]] + [f"rating:{k}" for k in rec.get("rating", {})]
-        cats = [s[1] for s in rec["scores"]] + ["rating"] * len(rec.get("rating", {}))
-        probs = [float(s[2]) for s in rec["scores"]] + [float(v) for v in rec.get("rating", {}).values()]
-        result = threshold_probs(
-            names, cats, probs, rec.get("edge_density"), dataclasses.replace(options, max_tags=None), path=path
-        )
-        result.model = rec.get("model")
-        if blocklist is not None:
-            result.tags = blocklist.apply(result.tags)
-        if limit is not None:
-            result.tags = result.tags[: int(limit)]
-        # the run's header for the new records: the recorded settings with the new ones
-        settings = dict(recorded)
-        settings.update(tag=tag_options_json(options), filters=list(files), max_tags=limit)
-        hkey = repr(sorted((k, repr(v)) for k, v in settings.items())) + str(run.get("id"))
-        if hkey not in header_for:
-            model = run.get("model", {})
-            header_for[hkey] = {
-                "type": "run",
-                "kind": "retag",
-                "manifest_version": run.get("manifest_version", 1),
-                "id": uuid.uuid4().hex[:12],
-                "retag_of": run.get("id"),
-                "tagloop_version": __version__,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "model": model,
-                "settings": settings,
-                "settings_key": settings_key(model, settings),
-            }
-        header = header_for[hkey]
-        new = {
-            k: v
-            for k, v in rec.items()
-            if k not in ("tags", "threshold", "thresholds", "threshold_mode", "band_threshold", "complexity")
-        }
-        new.update({k: v for k, v in result.to_json().items() if k not in ("path", "model")})
-        new.update(run=header["id"], settings_key=header["settings_key"])
-        cap_settings = recorded.get("caption")
-        if rec.get("caption") and cap_settings:
-            _recaption(result, rec, new, cap_settings, stats, force)
-        new_records.append(new)
-    new_ids = {h["id"] for h in header_for.values()}
-    if out is None:  # appended: the last record of a path wins
-        with ManifestWriter(manifest) as w:
-            w.write(list(header_for.values()) + [r for r in new_records if r.get("run") in new_ids])
-    else:  # a new manifest with every image, written atomically
-        import json
+    with ExitStack() as stack:
+        if out is None:  # appended to the same manifest (the last record of a path wins)
+            writer = stack.enter_context(ManifestWriter(manifest))
+            write = writer.write
+        else:  # a new manifest with every image, written atomically (renamed into place at the end)
+            f = stack.enter_context(atomic_open(Path(out)))
 
-        old_ids = sorted({str(r.get("run")) for r in new_records if r.get("run") not in new_ids})
-        lines = [headers[i] for i in old_ids if i in headers] + list(header_for.values()) + new_records
-        atomic_write_text(Path(out), "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+            def write(lines: list[dict[str, Any]]) -> None:
+                f.write("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+
+            write(list(headers.values()))  # the failed images' records keep their runs
+        buffer: list[dict[str, Any]] = []
+        for rec in iter_latest(manifest, last, end):
+            path = rec["path"]
+            stats.images += 1
+            if rec.get("error") is not None or "scores" not in rec:
+                stats.failed += 1
+                if out is not None:
+                    buffer.append(rec)
+                continue
+            run = headers.get(rec.get("run") or "", {})
+            recorded = run.get("settings", {})
+            options = tag_options_from_json(recorded.get("tag"), **(tag_overrides or {}))
+            floor = float(recorded.get("score_floor", 0.0) or 0.0)
+            lowest = min(
+                (v for v in (options.threshold, options.general_threshold, options.character_threshold) if v is not None),
+                default=None,
+            )
+            if lowest is not None and lowest < floor - 1e-12:
+                raise InputError(
+                    f"threshold {lowest} is below the manifest's score floor {floor}: scores under it were not kept; "
+                    "tag again with a lower `score_floor`."
+                )
+            files = tuple(filter_files) if filter_files is not None else tuple(recorded.get("filters") or ())
+            if files not in blocklist_cache:
+                blocklist_cache[files] = load_blocklist(files) if files else None
+            blocklist = blocklist_cache[files]
+            limit = max_tags if max_tags is not None else recorded.get("max_tags")
+            names = [s[0] for s in rec["scores"]] + [f"rating:{k}" for k in rec.get("rating", {})]
+            cats = [s[1] for s in rec["scores"]] + ["rating"] * len(rec.get("rating", {}))
+            probs = [float(s[2]) for s in rec["scores"]] + [float(v) for v in rec.get("rating", {}).values()]
+            result = threshold_probs(
+                names, cats, probs, rec.get("edge_density"), dataclasses.replace(options, max_tags=None), path=path
+            )
+            result.model = rec.get("model")
+            if blocklist is not None:
+                result.tags = blocklist.apply(result.tags)
+            if limit is not None:
+                result.tags = result.tags[: int(limit)]
+            # the run's header for the new records: the recorded settings with the new ones
+            settings = dict(recorded)
+            settings.update(tag=tag_options_json(options), filters=list(files), max_tags=limit)
+            hkey = repr(sorted((k, repr(v)) for k, v in settings.items())) + str(run.get("id"))
+            if hkey not in header_for:
+                model = run.get("model", {})
+                header_for[hkey] = {
+                    "type": "run",
+                    "kind": "retag",
+                    "manifest_version": run.get("manifest_version", 1),
+                    "id": uuid.uuid4().hex[:12],
+                    "retag_of": run.get("id"),
+                    "tagloop_version": __version__,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "model": model,
+                    "settings": settings,
+                    "settings_key": settings_key(model, settings),
+                }
+                buffer.append(header_for[hkey])  # before the first record that names it
+            header = header_for[hkey]
+            new = {
+                k: v
+                for k, v in rec.items()
+                if k not in ("tags", "threshold", "thresholds", "threshold_mode", "band_threshold", "complexity")
+            }
+            new.update({k: v for k, v in result.to_json().items() if k not in ("path", "model")})
+            new.update(run=header["id"], settings_key=header["settings_key"])
+            cap_settings = recorded.get("caption")
+            if rec.get("caption") and cap_settings:
+                _recaption(result, rec, new, cap_settings, stats, force)
+            buffer.append(new)
+            if len(buffer) >= 1000:
+                write(buffer)
+                buffer = []
+        write(buffer)
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -180,13 +190,14 @@ def _recaption(result, rec: dict[str, Any], new: dict[str, Any], cap: dict[str, 
 
 def manifest_stats(manifest: Path, top: int | None = None) -> dict[str, Any]:
     """Tag frequencies, per-band counts, ratings and failures of a manifest's images (last record of each)."""
-    records, headers = _load(Path(manifest))
+    headers, last, end = _scan(Path(manifest))
     tags: Counter[str] = Counter()
     bands: Counter[str] = Counter()
     ratings: Counter[str] = Counter()
     failures = []
     n_tags = []
-    for path, rec in records.items():
+    for rec in iter_latest(Path(manifest), last, end):
+        path = rec["path"]
         if rec.get("error") is not None:
             failures.append({"path": path, "error": rec["error"]})
             continue
@@ -197,6 +208,7 @@ def manifest_stats(manifest: Path, top: int | None = None) -> dict[str, Any]:
         rating = rec.get("rating") or {}
         if rating:
             ratings[max(rating, key=rating.__getitem__)] += 1
+    records = last
     ok = len(records) - len(failures)
     freq = [{"tag": t, "images": c, "share": c / ok if ok else 0.0} for t, c in tags.most_common(top)]
     return {
