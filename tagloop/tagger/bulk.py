@@ -230,13 +230,9 @@ def run_bulk(
         for path in files:
             path = Path(path)
             name = str(path)
-            if bulk.sidecar and path.parent not in seen_dirs:
-                seen_dirs.add(path.parent)
-                stats.removed_temp += _remove_temp_captions(path.parent, bulk.caption_extension, started_ns)
             target = path.with_suffix(bulk.caption_extension)
             rec = previous.get(name)
-            if bulk.sidecar and bulk.existing == "skip" and target.exists() and not _ours(rec, target):
-                stats.skipped_existing += 1
+            if keeps_its_caption(path, rec, bulk, stats, seen_dirs, started_ns):
                 if on_skip is not None:
                     on_skip(path, "has a caption file")
                 continue
@@ -323,6 +319,22 @@ class _Pairs:
                 yield self._names.pop(0)
             else:  # tag_sources asks for a name right after the source it belongs to
                 return
+
+
+def keeps_its_caption(
+    path: Path, rec: dict[str, Any] | None, bulk: BulkOptions, stats: BulkStats, seen_dirs: set[Path], started_ns: int
+) -> bool:
+    """First look at an image of a bulk run: a killed run's temporary captions in its folder are
+    removed (once a folder), and with ``existing`` skip, an image whose caption is the user's is
+    left alone (counted in ``stats``; True)."""
+    if bulk.sidecar and path.parent not in seen_dirs:
+        seen_dirs.add(path.parent)
+        stats.removed_temp += _remove_temp_captions(path.parent, bulk.caption_extension, started_ns)
+    target = path.with_suffix(bulk.caption_extension)
+    if bulk.sidecar and bulk.existing == "skip" and target.exists() and not _ours(rec, target):
+        stats.skipped_existing += 1
+        return True
+    return False
 
 
 def already_done(

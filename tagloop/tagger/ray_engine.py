@@ -50,12 +50,11 @@ from .bulk import (
     BulkStats,
     _image_size,
     _Info,
-    _ours,
     _record,
-    _remove_temp_captions,
     _write_caption,
     already_done,
     file_sha256,
+    keeps_its_caption,
     run_header,
 )
 from .manifest import ManifestWriter, latest_records, read_lines, read_manifest, repair, shard_dir
@@ -111,13 +110,9 @@ def todo_files(
         name = str(path)
         if name in chosen:
             continue
-        if bulk.sidecar and path.parent not in seen_dirs:
-            seen_dirs.add(path.parent)
-            stats.removed_temp += _remove_temp_captions(path.parent, bulk.caption_extension, started_ns)
         target = path.with_suffix(bulk.caption_extension)
         rec = latest.get(name)
-        if bulk.sidecar and bulk.existing == "skip" and target.exists() and not _ours(rec, target):
-            stats.skipped_existing += 1
+        if keeps_its_caption(path, rec, bulk, stats, seen_dirs, started_ns):
             continue
         if _already_done(path, rec, key, bulk, target):
             stats.skipped_done += 1
