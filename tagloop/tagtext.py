@@ -126,15 +126,13 @@ class TagPolicy:
         separator: str = ", ",
     ) -> str:
         """Format and join tags; ``scores`` (by tag name or position) adds ``(tag:score)`` weights."""
-        out = []
-        for i, tag in enumerate(tags):
-            score = None
-            if isinstance(scores, Mapping):
-                score = scores.get(tag)
-            elif scores is not None:
-                score = scores[i]
-            out.append(self.format(tag, score))
-        return separator.join(out)
+        if scores is None:
+            return separator.join(self.format(tag) for tag in tags)
+        by_name = isinstance(scores, Mapping)  # asked once: a typing isinstance per tag is slow
+        return separator.join(
+            self.format(tag, scores.get(tag) if by_name else scores[i])  # type: ignore[union-attr,index]
+            for i, tag in enumerate(tags)
+        )
 
 
 def split_tags(text: str) -> list[str]:

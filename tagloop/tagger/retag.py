@@ -62,8 +62,6 @@ def retag_manifest(
 ) -> RetagStats:
     """Re-threshold every image of ``manifest``; write stale captions and the new records (see the module)."""
     from .. import __version__
-    from ..filters.blocklist import load_blocklist
-    from ..report.build import tag_options_from_json, tag_options_json
     from .run import threshold_probs
 
     t0 = time.perf_counter()
@@ -71,7 +69,7 @@ def retag_manifest(
     headers, last, end = _scan(manifest)  # the records themselves are streamed: memory stays small
     blocklist_cache: dict[tuple[str, ...], Any] = {}
     stats = RetagStats()
-    header_for: dict[str, dict[str, Any]] = {}
+    per_run: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         if out is None:  # appended to the same manifest (the last record of a path wins)
             writer = stack.enter_context(ManifestWriter(manifest))
@@ -93,54 +91,27 @@ def retag_manifest(
                     buffer.append(rec)
                 continue
             run = headers.get(rec.get("run") or "", {})
-            recorded = run.get("settings", {})
-            options = tag_options_from_json(recorded.get("tag"), **(tag_overrides or {}))
-            floor = float(recorded.get("score_floor", 0.0) or 0.0)
-            lowest = min(
-                (v for v in (options.threshold, options.general_threshold, options.character_threshold) if v is not None),
-                default=None,
+            run_id = str(run.get("id"))
+            if run_id not in per_run:  # worked out once per run, not per image
+                per_run[run_id] = _run_plan(run, tag_overrides, filter_files, max_tags, blocklist_cache, __version__)
+                buffer.append(per_run[run_id]["header"])  # before the first record that names it
+            plan = per_run[run_id]
+            options, blocklist, limit, header, recorded = (
+                plan["options"],
+                plan["blocklist"],
+                plan["limit"],
+                plan["header"],
+                plan["recorded"],
             )
-            if lowest is not None and lowest < floor - 1e-12:
-                raise InputError(
-                    f"threshold {lowest} is below the manifest's score floor {floor}: scores under it were not kept; "
-                    "tag again with a lower `score_floor`."
-                )
-            files = tuple(filter_files) if filter_files is not None else tuple(recorded.get("filters") or ())
-            if files not in blocklist_cache:
-                blocklist_cache[files] = load_blocklist(files) if files else None
-            blocklist = blocklist_cache[files]
-            limit = max_tags if max_tags is not None else recorded.get("max_tags")
             names = [s[0] for s in rec["scores"]] + [f"rating:{k}" for k in rec.get("rating", {})]
             cats = [s[1] for s in rec["scores"]] + ["rating"] * len(rec.get("rating", {}))
             probs = [float(s[2]) for s in rec["scores"]] + [float(v) for v in rec.get("rating", {}).values()]
-            result = threshold_probs(
-                names, cats, probs, rec.get("edge_density"), dataclasses.replace(options, max_tags=None), path=path
-            )
+            result = threshold_probs(names, cats, probs, rec.get("edge_density"), options, path=path)
             result.model = rec.get("model")
             if blocklist is not None:
                 result.tags = blocklist.apply(result.tags)
             if limit is not None:
                 result.tags = result.tags[: int(limit)]
-            # the run's header for the new records: the recorded settings with the new ones
-            settings = dict(recorded)
-            settings.update(tag=tag_options_json(options), filters=list(files), max_tags=limit)
-            hkey = repr(sorted((k, repr(v)) for k, v in settings.items())) + str(run.get("id"))
-            if hkey not in header_for:
-                model = run.get("model", {})
-                header_for[hkey] = {
-                    "type": "run",
-                    "kind": "retag",
-                    "manifest_version": run.get("manifest_version", 1),
-                    "id": uuid.uuid4().hex[:12],
-                    "retag_of": run.get("id"),
-                    "tagloop_version": __version__,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "model": model,
-                    "settings": settings,
-                    "settings_key": settings_key(model, settings),
-                }
-                buffer.append(header_for[hkey])  # before the first record that names it
-            header = header_for[hkey]
             new = {
                 k: v
                 for k, v in rec.items()
@@ -158,6 +129,47 @@ def retag_manifest(
         write(buffer)
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _run_plan(run, tag_overrides, filter_files, max_tags, blocklist_cache, version) -> dict[str, Any]:
+    """For the records of one run: the new tag options (checked against its score floor), the
+    blocklist, ``max_tags`` and the header the new records name."""
+    from ..filters.blocklist import load_blocklist
+    from ..report.build import tag_options_from_json, tag_options_json
+
+    recorded = run.get("settings", {})
+    options = tag_options_from_json(recorded.get("tag"), **(tag_overrides or {}))
+    floor = float(recorded.get("score_floor", 0.0) or 0.0)
+    lowest = min(
+        (v for v in (options.threshold, options.general_threshold, options.character_threshold) if v is not None),
+        default=None,
+    )
+    if lowest is not None and lowest < floor - 1e-12:
+        raise InputError(
+            f"threshold {lowest} is below the manifest's score floor {floor}: scores under it were not kept; "
+            "tag again with a lower `score_floor`."
+        )
+    files = tuple(filter_files) if filter_files is not None else tuple(recorded.get("filters") or ())
+    if files not in blocklist_cache:
+        blocklist_cache[files] = load_blocklist(files) if files else None
+    limit = max_tags if max_tags is not None else recorded.get("max_tags")
+    settings = dict(recorded)  # the recorded settings with the new ones
+    settings.update(tag=tag_options_json(options), filters=list(files), max_tags=limit)
+    model = run.get("model", {})
+    header = {
+        "type": "run",
+        "kind": "retag",
+        "manifest_version": run.get("manifest_version", 1),
+        "id": uuid.uuid4().hex[:12],
+        "retag_of": run.get("id"),
+        "tagloop_version": version,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model,
+        "settings": settings,
+        "settings_key": settings_key(model, settings),
+    }
+    options = dataclasses.replace(options, max_tags=None)
+    return {"options": options, "blocklist": blocklist_cache[files], "limit": limit, "header": header, "recorded": recorded}
 
 
 def _recaption(result, rec: dict[str, Any], new: dict[str, Any], cap: dict[str, Any], stats: RetagStats, force: bool) -> None:
