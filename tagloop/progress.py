@@ -15,7 +15,7 @@ from typing import TextIO
 class Progress:
     def __init__(
         self,
-        total: int,
+        total: int | None,
         what: str = "images",
         *,
         desc: str = "tagging",
@@ -36,7 +36,7 @@ class Progress:
         self._last = self.start
         self._bar = None
         self._lines = False
-        if enabled and total > 1:
+        if enabled and (total is None or total > 1):  # None: not known in advance (a folder read lazily)
             if _isatty(self.stream):
                 from tqdm.auto import tqdm
 
@@ -58,7 +58,8 @@ class Progress:
                 n = self.done + self.failed
                 rate = n / max(now - self.start, 1e-9)
                 pct = f" ({100 * n / self.total:.0f}%)" if self.total else ""
-                print(f"tagloop: {self.desc} {n}/{self.total}{pct}, {rate:.1f} {self.what}/s", file=self.stream, flush=True)
+                of = f"/{self.total}" if self.total else ""
+                print(f"tagloop: {self.desc} {n}{of}{pct}, {rate:.1f} {self.what}/s", file=self.stream, flush=True)
 
     def skip(self) -> None:
         """One image left alone (already done, or it had a caption): counted, and the bar moves on."""

@@ -345,3 +345,34 @@ def test_fast_decode_decodes_large_jpegs_smaller(tmp_path):
     png = io.BytesIO()
     img.save(png, "PNG")
     assert load_image(png.getvalue(), fit=448).size == (2048, 1536)  # only JPEGs have DCT scaling
+
+
+def test_folders_are_read_lazily_in_the_same_order(tmp_path):
+    from tagloop.tagger.run import expand_paths, iter_image_files
+
+    root = tmp_path / "d"
+    for rel in ["x-1.png", "x/a.png", "x/b.jpg", "a.png", "a.JPG", "b/c/d.webp", "notes.txt", "z.png"]:
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    for recursive in (False, True):
+        want, want_problems = expand_paths([root, tmp_path / "empty", tmp_path / "nope"], recursive)
+        said = []
+        got = list(iter_image_files([root, tmp_path / "empty", tmp_path / "nope"], recursive, lambda p, w: said.append((p, w))))
+        assert got == want and said == want_problems
+    from tagloop.tagger.captions import sidecar_collisions
+
+    said = []
+    got = list(iter_image_files([root], False, lambda p, w: said.append((p, w)), caption_ext=".txt"))
+    assert [f.name for f in got] == ["a.JPG", "x-1.png", "z.png"]  # a.png's caption is a.JPG's, first in order
+    kept, clashes = sidecar_collisions(expand_paths([root])[0], ".txt")
+    assert got == kept and said == clashes
+
+
+def test_a_lazy_run_refuses_an_image_named_output_inside_its_folder(tiny_dd_path, tmp_path):
+    _images(tmp_path / "data", 2)
+    r = _run(
+        "tag", tmp_path / "data", "--model", tiny_dd_path, "--out", tmp_path / "m.jsonl", "--output", tmp_path / "data" / "x.png"
+    )
+    assert r.exit_code == 2 and "would be read as an input" in r.output

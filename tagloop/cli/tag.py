@@ -401,15 +401,33 @@ def tag_command(
     Exit codes: 0 all tagged, 1 some images failed (each named on stderr), 2 usage, model or config error.
     """
     from ..tagger.bulk import BulkOptions, BulkStats, run_bulk
-    from ..tagger.run import expand_paths
+    from ..tagger.run import expand_paths, iter_image_files
 
     started = time.monotonic()
-    files, problems = expand_paths(paths, recursive=recursive)
-    check_run_outputs(files, output, failures, sidecar, caption_extension)
+    failed_records: list[dict] = []
+    walk_problems = [0]  # problems a lazily read folder turned up (not results)
+    # With a manifest on one machine (a dataset of any size), folders are read lazily, one directory
+    # at a time: nothing grows with the number of images but the resume index.
+    lazy = bool(manifest) and not devices and engine == "local"
+    if lazy:
+        explicit = [Path(p) for p in paths if Path(p).is_file()]
+        check_run_outputs(explicit, output, failures, sidecar, caption_extension)
+        _check_outputs_outside(paths, [("--output", output), ("--failures", failures), ("--out", manifest)])
+
+        def problem(path: str, why: str) -> None:
+            click.echo(f"tagloop: {path}: {why}", err=True)
+            failed_records.append({"path": path, "error": why})
+            walk_problems[0] += 1
+
+        files = iter_image_files(paths, recursive, problem, caption_extension if sidecar else None)
+        problems: list[tuple[str, str]] = []
+    else:
+        files, problems = expand_paths(paths, recursive=recursive)
+        check_run_outputs(files, output, failures, sidecar, caption_extension)
     if manifest:
         from ..fileio import check_outputs
 
-        check_outputs([("--out", manifest)], files)
+        check_outputs([("--out", manifest)], files if not lazy else explicit)
         for other, name in ((output, "--output"), (failures, "--failures")):
             if other and Path(other).resolve() == Path(manifest).resolve():
                 raise click.BadParameter(f"--out and {name} are the same file ({manifest}).", param_hint="'--out'")
@@ -420,10 +438,9 @@ def tag_command(
     if overwrite and not manifest:
         notice("--overwrite only applies with --out MANIFEST (every image is tagged anyway without one); ignored.")
     existing_mode = existing or ("skip" if skip_existing else "overwrite")
-    if sidecar:
+    if sidecar and not lazy:
         files, clashes = sidecar_collisions(files, caption_extension)
         problems.extend(clashes)
-    failed_records: list[dict] = []
     for p, why in problems:
         click.echo(f"tagloop: {p}: {why}", err=True)
         failed_records.append({"path": p, "error": why})
@@ -455,12 +472,12 @@ def tag_command(
         _run_elsewhere(files, kw, options, bulk, devices, engine, ray_address, fmt, output, quiet, started, failed_records)
         return
 
-    single = len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
+    single = not lazy and len(files) == 1 and not problems and Path(paths[0]).is_file() and len(paths) == 1
     n_json = 0
     n_results = 0
     n_problems = len(failed_records)
     stopped = False
-    progress = Progress(len(files), desc="tagging", enabled=not quiet, start=started)
+    progress = Progress(None if lazy else len(files), desc="tagging", enabled=not quiet, start=started)
     with ExitStack() as stack:
         # results stream to stdout or to a temp file renamed over --output at the end: memory stays
         # flat on huge folders, and a run that stops half-way leaves no half-written file
@@ -509,7 +526,7 @@ def tag_command(
             for record in failed_records:
                 failures_file.write(json.dumps(record, ensure_ascii=False) + "\n")
     progress.failed = len(failed_records)
-    progress.done = n_results - (len(failed_records) - n_problems)
+    progress.done = n_results - (len(failed_records) - n_problems - walk_problems[0])
     if not quiet:
         if stats.skipped_existing:
             click.echo(f"tagloop: skipped {stats.skipped_existing} image(s) that already have a caption file", err=True)
@@ -526,6 +543,23 @@ def tag_command(
         if quiet:  # otherwise the summary line above has said how many failed
             click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)
+
+
+def _check_outputs_outside(paths, outputs) -> None:
+    """Lazily read folders cannot be compared file by file before the run: refuse, before any work,
+    an output named like an image inside a folder to be tagged (it would be read as an input)."""
+    from ..errors import OutputPathError
+    from ..tagger.preprocess import IMAGE_EXTENSIONS
+
+    folders = [Path(p).resolve() for p in paths if Path(p).is_dir()]
+    for name, out in outputs:
+        if not out or Path(out).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        target = Path(out).resolve()
+        if any(target.is_relative_to(f) for f in folders):
+            raise OutputPathError(
+                f"{name} {out} has an image extension and lies in a folder being tagged: it would be read as an input."
+            )
 
 
 def _run_elsewhere(files, kw, options, bulk, devices, engine, ray_address, fmt, output, quiet, started, failed_records) -> None:

@@ -67,8 +67,13 @@ def sidecar_collisions(files: list[Path], ext: str) -> tuple[list[Path], list[tu
         if first is f:
             kept.append(f)
         else:
-            problems.append((str(f), f"its caption {cap.name} is already written for {first.name}; rename one of the two images"))
+            problems.append((str(f), collision_problem(f, first, ext)))
     return kept, problems
+
+
+def collision_problem(f: Path, first: Path, ext: str) -> str:
+    """Why ``f`` gets no caption: ``first`` already has the caption file both would write."""
+    return f"its caption {f.with_suffix(ext).name} is already written for {first.name}; rename one of the two images"
 
 
 def caption(result: TagResult, policy: TagPolicy, scores: bool, include_rating: bool, character_first: bool) -> str:

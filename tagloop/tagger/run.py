@@ -394,6 +394,64 @@ def expand_paths(paths: Iterable[str | Path], recursive: bool = False) -> tuple[
     return files, problems
 
 
+def iter_image_files(
+    paths: Iterable[str | Path],
+    recursive: bool = False,
+    on_problem: Callable[[str, str], None] | None = None,
+    caption_ext: str | None = None,
+) -> Iterator[Path]:
+    """:func:`expand_paths`, lazily: folders are read one directory at a time and never listed whole,
+    in the same order (entries sorted as their full paths sort). Problems go to ``on_problem``.
+
+    With ``caption_ext``, an image whose caption another image of its folder already claims
+    (``a.png`` and ``a.jpg`` -> ``a.txt``) is a problem, as :func:`~tagloop.tagger.captions.sidecar_collisions` says.
+    """
+    say = on_problem or (lambda path, why: None)
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            n = 0
+            try:
+                for f in _walk(p, recursive, say, caption_ext):
+                    n += 1
+                    yield f
+            except OSError as e:
+                say(str(raw), f"cannot read this folder ({e.strerror or e})")
+                continue
+            if n == 0:
+                hint = ""
+                if not recursive and any(c.is_dir() for c in p.iterdir()):
+                    hint = "; it has subfolders: add --recursive to walk them"
+                say(str(raw), f"no images (.png, .jpg, .webp, ...) in this folder{hint}")
+        elif p.is_file():
+            yield p
+        else:
+            say(str(raw), "no such file or folder")
+
+
+def _walk(folder: Path, recursive: bool, say: Callable[[str, str], None], caption_ext: str | None) -> Iterator[Path]:
+    from .captions import collision_problem
+
+    with os.scandir(folder) as it:
+        entries = sorted(((e.name + ("/" if e.is_dir() else ""), e) for e in it), key=lambda x: x[0])
+    owners: dict[str, Path] = {}
+    for key, e in entries:
+        if key.endswith("/"):
+            if recursive:
+                yield from _walk(Path(e.path), recursive, say, caption_ext)
+            continue
+        if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS or not e.is_file():
+            continue
+        f = Path(e.path)
+        if caption_ext is not None:
+            stem = os.path.normcase(f.stem)
+            first = owners.setdefault(stem, f)
+            if first is not f:
+                say(str(f), collision_problem(f, first, caption_ext))
+                continue
+        yield f
+
+
 def tag_files(
     tagger: Tagger,
     files: Sequence[Path],
