@@ -376,3 +376,20 @@ def test_a_lazy_run_refuses_an_image_named_output_inside_its_folder(tiny_dd_path
         "tag", tmp_path / "data", "--model", tiny_dd_path, "--out", tmp_path / "m.jsonl", "--output", tmp_path / "data" / "x.png"
     )
     assert r.exit_code == 2 and "would be read as an input" in r.output
+
+
+def test_retag_stopped_between_captions_and_records_is_not_a_hand_edit(tiny_dd_path, tmp_path):
+    """A retag killed after writing captions but before appending their records: the re-run sees
+    tagloop's own captions, not hand edits."""
+    _images(tmp_path / "data", 4)
+    manifest = tmp_path / "m.jsonl"
+    _tag(tiny_dd_path, tmp_path / "data", manifest)
+    before = manifest.read_bytes()
+    assert _run("retag", manifest, "--threshold", "0.3").exit_code == 0
+    manifest.write_bytes(before)  # the records never reached the manifest
+    r = _run("retag", manifest, "--threshold", "0.3")
+    assert r.exit_code == 0 and "0 edited by hand" in r.output and "4 unchanged" in r.output
+    r = _run(
+        "tag", tmp_path / "data", "--model", tiny_dd_path, "--device", "cpu", "--sidecar", "--out", manifest, "--threshold", "0.3"
+    )
+    assert "skipped 4 image(s) already in" in r.output

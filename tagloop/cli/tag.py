@@ -16,7 +16,13 @@ from ..errors import InputError
 from ..fileio import atomic_open
 from ..notices import notice
 from ..progress import Progress
-from ..tagger.captions import caption, check_run_outputs, normalise_extension, sidecar_collisions
+from ..tagger.captions import (
+    caption,
+    check_outputs_outside_folders,
+    check_run_outputs,
+    normalise_extension,
+    sidecar_collisions,
+)
 from ..tagger.result import TagResult
 from ..tagger.threshold import DEFAULT_BANDS, format_bands, parse_bands
 from ..tagtext import TagPolicy
@@ -412,7 +418,7 @@ def tag_command(
     if lazy:
         explicit = [Path(p) for p in paths if Path(p).is_file()]
         check_run_outputs(explicit, output, failures, sidecar, caption_extension)
-        _check_outputs_outside(paths, [("--output", output), ("--failures", failures), ("--out", manifest)])
+        check_outputs_outside_folders(paths, [("--output", output), ("--failures", failures), ("--out", manifest)])
 
         def problem(path: str, why: str) -> None:
             click.echo(f"tagloop: {path}: {why}", err=True)
@@ -543,23 +549,6 @@ def tag_command(
         if quiet:  # otherwise the summary line above has said how many failed
             click.echo(f"tagloop: {len(failed_records)} input(s) failed", err=True)
         sys.exit(1)
-
-
-def _check_outputs_outside(paths, outputs) -> None:
-    """Lazily read folders cannot be compared file by file before the run: refuse, before any work,
-    an output named like an image inside a folder to be tagged (it would be read as an input)."""
-    from ..errors import OutputPathError
-    from ..tagger.preprocess import IMAGE_EXTENSIONS
-
-    folders = [Path(p).resolve() for p in paths if Path(p).is_dir()]
-    for name, out in outputs:
-        if not out or Path(out).suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        target = Path(out).resolve()
-        if any(target.is_relative_to(f) for f in folders):
-            raise OutputPathError(
-                f"{name} {out} has an image extension and lies in a folder being tagged: it would be read as an input."
-            )
 
 
 def _run_elsewhere(files, kw, options, bulk, devices, engine, ray_address, fmt, output, quiet, started, failed_records) -> None:

@@ -51,6 +51,20 @@ def check_run_outputs(files: list[Path], output: str | None, failures: str | Non
             raise OutputPathError(f"the caption of {f} would be written over the input {cap}: choose another caption extension.")
 
 
+def check_outputs_outside_folders(paths, outputs: list[tuple[str, str | None]]) -> None:
+    """For folders read lazily (not compared file by file before the run): refuse, before any work,
+    an output named like an image inside a folder to be tagged (it would be read as an input)."""
+    folders = [Path(p).resolve() for p in paths if Path(p).is_dir()]
+    for name, out in outputs:
+        if not out or Path(out).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        target = Path(out).resolve()
+        if any(target.is_relative_to(f) for f in folders):
+            raise OutputPathError(
+                f"{name} {out} has an image extension and lies in a folder being tagged: it would be read as an input."
+            )
+
+
 def sidecar_collisions(files: list[Path], ext: str) -> tuple[list[Path], list[tuple[str, str]]]:
     """Images whose caption file another image already claims (``a.png`` and ``a.jpg`` -> ``a.txt``).
 

@@ -185,12 +185,14 @@ def _recaption(result, rec: dict[str, Any], new: dict[str, Any], cap: dict[str, 
         current = target.read_bytes()
     except FileNotFoundError:
         current = None
-    if current is not None and file_sha256(current) != rec.get("caption_sha256") and not force:
+    if current is not None and current == data.encode("utf-8"):
+        # already what these settings write (also after a retag stopped between its captions and
+        # their records: such a caption is tagloop's, not a hand edit)
+        stats.unchanged += 1
+    elif current is not None and file_sha256(current) != rec.get("caption_sha256") and not force:
         stats.edited.append(str(target))
         new["caption_sha256"] = rec.get("caption_sha256")
         return
-    if current is not None and current == data.encode("utf-8"):
-        stats.unchanged += 1
     else:
         if current is None:
             stats.missing += 1
