@@ -418,12 +418,17 @@ def save_png(image: Image.Image, path: Path, infotext: str | None) -> Path:
     The chunk is tEXt when the text is Latin-1 encodable, else iTXt (PIL ``PngInfo.add_text``,
     which A1111 uses). The file appears complete or not at all.
     """
+    return atomic_write_bytes(path, png_bytes(image, infotext))
+
+
+def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
+    """The PNG file :func:`save_png` writes, in memory (the HTTP API answers with it)."""
     from PIL import PngImagePlugin
 
     pnginfo = PngImagePlugin.PngInfo()
     if infotext is not None:
         pnginfo.add_text("parameters", infotext)
-    return atomic_write_bytes(path, _encoded(image, format="PNG", pnginfo=pnginfo))
+    return _encoded(image, format="PNG", pnginfo=pnginfo)
 
 
 def save_image(image: Image.Image, path: Path, infotext: str | None, *, quality: int = 95) -> Path:

@@ -21,10 +21,12 @@ COMMANDS = {
     "convert-deepdanbooru": (".tag", "convert_deepdanbooru_command"),
     "prompt": (".prompt", "prompt_command"),
     "generate": (".generate", "generate_command"),
+    "upscale": (".upscale", "upscale_command"),
     "reproduce": (".reproduce", "reproduce_command"),
     "report": (".reproduce", "report_command"),
     "retag": (".retag", "retag_command"),
     "stats": (".retag", "stats_command"),
+    "serve": (".serve", "serve_command"),
     "info": (".info", "info_command"),
     "demo": (".demo", "demo_command"),
 }

@@ -83,6 +83,10 @@ class ReproduceSettings:
     share: float = 0.5
     augment: tuple[str, ...] = ("flip", "crop", "jpeg")
     note: str | None = None
+    #: an edited prompt used instead of the composed one (the web page's "edit the prompt"); the
+    #: report still scores against the source's tags. None: the composed prompt.
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
     def check(self) -> None:
         from ..report.calibrate import AUGMENTS
@@ -97,6 +101,8 @@ class ReproduceSettings:
             raise InputError(f"`denoise` must be above 0 and at most 1, not {self.denoise!r}.")
         if not 0.0 < float(self.weight_step) <= 1.0 or not 1.0 <= float(self.max_weight) <= 2.0:
             raise InputError("`weight_step` must be in (0, 1] and `max_weight` in [1, 2].")
+        if self.prompt is not None and self.refine:
+            raise InputError("`refine` rewrites the composed prompt each round; use `refine` 0 with an edited `prompt`.")
         if not 0.0 < float(self.share) < 1.0:
             raise InputError(f"`share` must be between 0 and 1, not {self.share!r}.")
         unknown = [a for a in self.augment if a not in AUGMENTS]
@@ -588,6 +594,12 @@ class Reproducer:
 
         t0 = time.perf_counter()
         composed = compose_prompt(primary, self.prompt_settings)
+        if self.settings.prompt is not None:
+            composed = dataclasses.replace(
+                composed,
+                positive=self.settings.prompt,
+                negative=composed.negative if self.settings.negative_prompt is None else self.settings.negative_prompt,
+            )
         timings["compose"] = time.perf_counter() - t0
         report["prompt"] = composed.to_json()
         report["excluded"] = sorted({canonical(p.text) for p in composed.parts if p.kind in INJECTED_KINDS} - {""})

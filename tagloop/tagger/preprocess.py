@@ -63,7 +63,7 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         img = _open(source, max_pixels)
     except Image.DecompressionBombError:
         raise ImageDecodeError(
-            f"image has more pixels than the cap of {max_pixels:,} (a decompression bomb?); raise it with --max-pixels"
+            f"image has more pixels than the cap of {max_pixels:,} (a decompression bomb?); raise `max_pixels` to allow it"
         ) from None
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
@@ -78,7 +78,7 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
         raise ImageDecodeError(f"image has no pixels ({w}x{h})")
     if max_pixels and w * h > max_pixels:
         raise ImageDecodeError(
-            f"image is {w}x{h} = {w * h:,} pixels, over the cap of {max_pixels:,} (raise it with --max-pixels)"
+            f"image is {w}x{h} = {w * h:,} pixels, over the cap of {max_pixels:,} (raise `max_pixels` to allow it)"
         )
     try:
         if getattr(img, "is_animated", False):

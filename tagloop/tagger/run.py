@@ -305,8 +305,29 @@ def _run_group(tagger: Tagger, group: Sequence[_Prepared], options: TagOptions) 
             yield done[id(p)]
 
 
-def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) -> list[TagResult]:
+def prepare_image(tagger: Tagger, source: ImageSource | Image.Image, name: str, options: TagOptions) -> _Prepared:
+    """Decode, measure and preprocess one image for ``tagger`` (the host work of a tag run; any thread).
+
+    A file that does not decode comes back with ``error`` set. :func:`run_prepared` then runs the
+    model on many prepared images at once, each thresholded by its own options.
+    """
+    return _prepare(tagger, 0, source, name, options)
+
+
+def run_prepared(tagger: Tagger, batch: Sequence[_Prepared], options: Sequence[TagOptions]) -> list[TagResult]:
+    """One forward pass over prepared images (``error`` ones become error results), each image
+    thresholded by its own entry of ``options``: requests with different thresholds share a batch."""
+    ok = [(p, o) for p, o in zip(batch, options) if p.error is None]
+    done = {id(p): r for (p, _), r in zip(ok, _run_batch(tagger, [p for p, _ in ok], [o for _, o in ok]))} if ok else {}
+    return [
+        TagResult(path=p.path, tags=[], error=p.error, model=tagger.source) if p.error is not None else done[id(p)] for p in batch
+    ]
+
+
+def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions | Sequence[TagOptions]) -> list[TagResult]:
     """One forward pass; if it fails, each image alone, so one bad input only costs itself.
+
+    ``options``: one for the whole batch, or one per image.
 
     Out of accelerator memory, the batch is split in halves and each half tried again (down to one
     image; the first split is said once). A :class:`TaggerError` (the model does not fit its
@@ -315,6 +336,7 @@ def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) 
     """
     from ..devices import empty_cache, is_oom
 
+    per_image = list(options) if not isinstance(options, TagOptions) else [options] * len(batch)
     stack = _stack([p.array for p in batch])
     try:
         probs = tagger.predict(stack)
@@ -330,12 +352,12 @@ def _run_batch(tagger: Tagger, batch: Sequence[_Prepared], options: TagOptions) 
                 "(a smaller `batch_size` avoids the retries)."
             )
             half = len(batch) // 2
-            return _run_batch(tagger, batch[:half], options) + _run_batch(tagger, batch[half:], options)
+            return _run_batch(tagger, batch[:half], per_image[:half]) + _run_batch(tagger, batch[half:], per_image[half:])
         if len(batch) == 1:
             why = "out of memory even alone" if is_oom(e) else f"{type(e).__name__}: {e}"
             return [TagResult(path=batch[0].path, tags=[], error=f"model failed: {why}", model=tagger.source)]
-        return [r for p in batch for r in _run_batch(tagger, [p], options)]
-    return [build_result(tagger, p.path, row, p.density, options) for p, row in zip(batch, probs)]
+        return [r for p, o in zip(batch, per_image) for r in _run_batch(tagger, [p], [o])]
+    return [build_result(tagger, p.path, row, p.density, o) for p, row, o in zip(batch, probs, per_image)]
 
 
 def _stack(arrays: Sequence) -> np.ndarray:
