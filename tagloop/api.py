@@ -73,15 +73,19 @@ def load_tagger(
     return get_tagger(spec, options, a1111_dir=a1111_dir, comfyui_dir=comfyui_dir, backend=backend)
 
 
-def tag(image: str | Path | bytes | Image.Image | Any, model: str | Path | None = None, **options: Any) -> TagResult:
-    """Tag one image in one call: ``tagloop.tag("a.png").tags``.
+def tag(image: str | Path | bytes | Image.Image | Any, model: str | Path | Tagger | None = None, **options: Any) -> TagResult:
+    """Tag one image in one call: ``tagloop.tag("a.png").tags`` (``model``: a name as for
+    :func:`load_tagger`, or a loaded :class:`Tagger`).
 
     ``options`` are :func:`load_tagger`'s keywords and the fields of
     :class:`~tagloop.tagger.run.TagOptions` (``threshold``, ``general_threshold``, ``mcut``,
     ``bands``, ``max_tags``, ...). A bad image is a result with ``error`` set.
     """
     load = {k: options.pop(k) for k in list(options) if k in _LOAD_KEYS}
-    return load_tagger(model, **load).tag(image, **options)
+    from .tagger.base import Tagger
+
+    tagger = model if isinstance(model, Tagger) else load_tagger(model, **load)
+    return tagger.tag(image, **options)
 
 
 def compose_prompt(result_or_tags: TagResult | str | Iterable[Any], **settings: Any) -> ComposedPrompt:
