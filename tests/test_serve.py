@@ -354,3 +354,35 @@ def test_sigterm_finishes_the_job_in_flight_and_answers_the_queue_503(loop_model
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def test_serve_command_reads_its_options_and_the_config_table(loop_models, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import tagloop.server.run as run_module
+    from tagloop.cli import main
+
+    dd, sd = loop_models
+    seen = {}
+    monkeypatch.setattr(run_module, "serve", lambda settings, **kw: seen.setdefault("s", settings))
+    cfg = tmp_path / "tagloop.toml"
+    cfg.write_text(f'[serve]\ntagger = "{dd}"\nqueue_size = 5\nmax_steps = 30\ncaption_threshold = 0.4\n')
+    r = CliRunner().invoke(main, ["serve", "--config", str(cfg), "--port", "7999", "--api-auth", "u:p"])
+    assert r.exit_code == 0, r.output
+    s = seen["s"]
+    assert (s.tagger, s.queue_size, s.limits.max_steps, s.port, s.api_auth) == (str(dd), 5, 30, 7999, "u:p")
+    assert s.caption["interrogate_deepbooru_score_threshold"] == 0.4 and s.host == "127.0.0.1"
+    seen.clear()
+    r = CliRunner().invoke(main, ["--config", str(cfg), "serve", "--queue-size", "9"])
+    assert r.exit_code == 0 and seen["s"].queue_size == 9 and seen["s"].limits.max_steps == 30
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[serve]\nqueue_size = 0\n")
+    r = CliRunner().invoke(main, ["serve", "--config", str(bad), "--tagger", str(dd)])
+    assert r.exit_code == 2 and "queue_size" in r.output
+    r = CliRunner().invoke(main, ["serve"])
+    assert r.exit_code == 2 and "--tagger" in r.output
+    r = CliRunner().invoke(main, ["serve", "--tagger", str(dd), "--api-auth", "nocolon"])
+    assert r.exit_code == 2 and "api_auth" in r.output

@@ -127,6 +127,7 @@ def serve_command(ctx, **opts):
     )
     if not settings.tagger and not settings.model and not settings.taggers:
         raise CommandError("give a --tagger, a --model or both: a server without models has nothing to serve.")
+    settings.check()
     from ..server.run import serve
 
     serve(settings, log_level=opts["log_level"], echo=lambda m: click.echo(m, err=True))
