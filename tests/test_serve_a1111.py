@@ -332,3 +332,66 @@ def test_webuiapi_client(srv, source_png):
     assert "sd15-tiny" in api.util_get_current_model()
     assert "Euler a" in api.util_get_sampler_names()
     api.util_wait_for_ready(check_interval=0.1)
+
+
+# -- extras upscaling, tiling and inpainting through the API ---------------------------------------
+
+
+def test_extras_upscaling_as_a1111(srv):
+    src = draw_source_image(64)
+    r = requests.post(
+        srv.url + "/sdapi/v1/extra-single-image", json={"image": png_b64(src), "upscaler_1": "Lanczos", "upscaling_resize": 2}
+    )
+    assert r.status_code == 200, r.text
+    out = decode(r.json()["image"])
+    assert out.size == (128, 128)
+    assert np.array_equal(np.asarray(out.convert("RGB")), np.asarray(src.resize((128, 128), Image.LANCZOS)))
+    assert "Postprocess upscaler: Lanczos" in out.info["postprocessing"] and "Lanczos" in r.json()["html_info"]
+    batch = requests.post(
+        srv.url + "/sdapi/v1/extra-batch-images",
+        json={
+            "imageList": [{"data": png_b64(src), "name": "a"}, {"data": png_b64(src), "name": "b"}],
+            "upscaler_1": "Nearest",
+            "resize_mode": 1,
+            "upscaling_resize_w": 96,
+            "upscaling_resize_h": 96,
+        },
+    )
+    assert batch.status_code == 200 and [decode(b).size for b in batch.json()["images"]] == [(96, 96)] * 2
+    r = requests.post(srv.url + "/sdapi/v1/extra-single-image", json={"image": png_b64(src), "upscaler_1": "R-ESRGAN 4x+"})
+    assert r.status_code == 422 and "R-ESRGAN 4x+" in r.json()["detail"]
+    r = requests.post(srv.url + "/sdapi/v1/extra-single-image", json={"image": png_b64(src), "codeformer_visibility": 1})
+    assert r.status_code == 422 and "codeformer_visibility" in r.json()["detail"]
+    r = requests.post(
+        srv.url + "/sdapi/v1/extra-single-image", json={"image": png_b64(src), "upscaler_1": "Lanczos", "upscaling_resize": 100}
+    )
+    assert r.status_code == 422
+
+
+def test_tiling_and_inpainting_through_img2img(srv):
+    tiled = requests.post(srv.url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": 4, "tiling": True})
+    plain = requests.post(srv.url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": 4})
+    assert tiled.status_code == 200, tiled.text
+    assert "Tiling: True" in json.loads(tiled.json()["info"])["infotexts"][0]
+    assert decode(tiled.json()["images"][0]).tobytes() != decode(plain.json()["images"][0]).tobytes()
+    init = draw_source_image(64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    r = requests.post(
+        srv.url + "/sdapi/v1/img2img",
+        json={
+            "prompt": "x",
+            "init_images": [png_b64(init)],
+            "mask": png_b64(mask),
+            "mask_blur": 0,
+            "inpaint_full_res": False,
+            "seed": 2,
+            **SMALL,
+        },
+    )
+    assert r.status_code == 200, r.text
+    out = np.asarray(decode(r.json()["images"][0]).convert("RGB"), dtype=np.int16)
+    src = np.asarray(init.convert("RGB"), dtype=np.int16)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], src[outside])  # A1111's overlay: unmasked pixels are the original's
+    assert np.abs(out[~outside] - src[~outside]).mean() > 1

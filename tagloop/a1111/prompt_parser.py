@@ -28,8 +28,10 @@ Differences from A1111, chosen on purpose (A1111 raises or does something else):
 
 * A malformed explicit weight such as ``(x:1.2.3)`` makes A1111 raise (``float("1.2.3")``); here the
   ``:1.2.3`` is kept as text and the ``)`` closes its bracket as a plain pair: ``[("x:1.2.3", 1.1)]``.
-* Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` are not scheduled: their text is
-  read with the rules above (``[`` ``]`` de-emphasise, ``:`` and ``|`` stay text). Nothing crashes.
+* Prompt editing ``[from:to:when]`` and alternation ``[a|b]`` are not read here: the generator
+  first turns a prompt into one text per step with :mod:`.prompt_schedule`, as A1111 does, and
+  each text comes here. Given such syntax directly, this parser reads it with the rules above
+  (``[`` ``]`` de-emphasise, ``:`` and ``|`` stay text). Nothing crashes.
 """
 
 from __future__ import annotations

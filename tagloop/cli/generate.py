@@ -24,6 +24,9 @@ def _size(ctx, param, value):
     return w, h
 
 
+#: ``--inpainting-fill`` choices -> the setting ``inpainting_fill`` (A1111's Masked content 0..3).
+_FILL_CHOICES = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
+
 #: Settings whose name differs from their option's: library messages name the setting.
 _SETTING_FLAGS = {
     "lora_dirs": "--lora-dir",
@@ -35,6 +38,11 @@ _SETTING_FLAGS = {
     "width": "--size",
     "height": "--size",
     "init_image": "--init-image",
+    "mask_image": "--mask",
+    "inpainting_fill": "--inpainting-fill",
+    "inpainting_mask_invert": "--mask-invert",
+    "inpaint_full_res": "--inpaint-area",
+    "inpaint_full_res_padding": "--inpaint-padding",
     "prompt_file": "--prompt-file",
     "from_json": "--from-json",
 }
@@ -46,6 +54,19 @@ def _fail(message: str) -> None:
 
     click.echo(f"tagloop: {with_flags(message, aliases=_SETTING_FLAGS)}", err=True)
     sys.exit(2)
+
+
+def _extras_settings(opts: dict) -> dict:
+    """The tiling and inpainting settings the options give (the option defaults are A1111's img2img tab's)."""
+    return dict(
+        tiling=bool(opts.get("tiling")),
+        mask_image=opts.get("mask"),
+        mask_blur=4 if opts.get("mask_blur") is None else opts["mask_blur"],
+        inpainting_fill=_FILL_CHOICES[opts.get("inpainting_fill") or "original"],
+        inpainting_mask_invert=bool(opts.get("mask_invert")),
+        inpaint_full_res=(opts.get("inpaint_area") or "whole") == "masked",
+        inpaint_full_res_padding=32 if opts.get("inpaint_padding") is None else opts["inpaint_padding"],
+    )
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -184,6 +205,36 @@ def build_generator(opts: dict):
 )
 @click.option("--init-image", type=click.Path(dir_okay=False), default=None, help="img2img source image.")
 @click.option("--denoise", type=float, default=0.75, show_default=True, help="img2img denoising strength.")
+@click.option(
+    "--mask",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Inpaint --init-image: white (or the alpha of a transparent PNG) marks what is repainted.",
+)
+@click.option("--mask-blur", type=int, default=4, show_default=True, help="Blur of the mask's edge, in pixels.")
+@click.option(
+    "--inpainting-fill",
+    type=click.Choice(list(_FILL_CHOICES)),
+    default="original",
+    show_default=True,
+    help="What the masked area starts from (A1111's Masked content).",
+)
+@click.option("--mask-invert", is_flag=True, help="Repaint what is not masked (A1111's Inpaint not masked).")
+@click.option(
+    "--inpaint-area",
+    type=click.Choice(["whole", "masked"]),
+    default="whole",
+    show_default=True,
+    help="whole: the whole picture at --size; masked: only the masked region, generated at --size and pasted back.",
+)
+@click.option(
+    "--inpaint-padding",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Pixels around the masked region with --inpaint-area masked (A1111's Only masked padding).",
+)
+@click.option("--tiling", is_flag=True, help="Seamless images that tile (A1111's Tiling: circular padding).")
 @click.option("--hires-scale", type=float, default=None, help="Hires fix: upscale factor of a second pass (e.g. 1.3).")
 @click.option("--hires-steps", type=int, default=0, show_default=True, help="Hires fix steps (0 = same as --steps).")
 @click.option("--hires-denoise", type=float, default=0.5, show_default=True, help="Hires fix denoising strength.")
@@ -288,12 +339,16 @@ def generate_command(ctx: click.Context, **opts) -> None:
             init_image=opts["init_image"],
             denoising_strength=opts["denoise"],
             out_dir=Path(opts["out_dir"]),
+            **_extras_settings(opts),
         )
         size = opts["size"]
         if opts["infotext"]:
             from dataclasses import replace
 
-            from_info = settings_from_infotext(opts["infotext"])
+            from ..generator.generate import GenerationSettings
+
+            # inpainting keys the infotext does not state keep this command's values
+            from_info = settings_from_infotext(opts["infotext"], base=GenerationSettings(**_extras_settings(opts)))
             overrides = {}
             for opt, field in (
                 ("prompt", "prompt"),
@@ -309,12 +364,18 @@ def generate_command(ctx: click.Context, **opts) -> None:
                 ("hires_steps", "hires_steps"),
                 ("hires_denoise", "hires_denoise"),
                 ("hires_upscaler", "hires_upscaler"),
+                ("tiling", "tiling"),
+                ("mask_blur", "mask_blur"),
+                ("inpainting_fill", "inpainting_fill"),
+                ("mask_invert", "inpainting_mask_invert"),
+                ("inpaint_area", "inpaint_full_res"),
+                ("inpaint_padding", "inpaint_full_res_padding"),
             ):
                 if _explicit(ctx, opt):
                     overrides[field] = getattr(settings, field)
             if size:
                 overrides.update(width=size[0], height=size[1])
-            for field in ("batch_size", "batch_count", "max_batch", "init_image", "out_dir"):
+            for field in ("batch_size", "batch_count", "max_batch", "init_image", "mask_image", "out_dir"):
                 overrides[field] = getattr(settings, field)
             settings = replace(from_info, **overrides)
         if opts["prompt_file"]:

@@ -17,6 +17,7 @@ plain text. Everything is validated before a model is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from dataclasses import dataclass
@@ -171,6 +172,9 @@ class Generator:
         self._loaded: LoadedModel | None = None
         self._said: set[str] = set()
         self._hashes: dict[Path, str] = {}
+        #: called after every sampling step as ``hook(step, steps)``; a True return stops the
+        #: generation there (A1111's interrupt: the images so far are decoded and returned)
+        self.step_hook: Callable[[int, int], bool] | None = None
 
     @property
     def family(self) -> str:
@@ -188,9 +192,18 @@ class Generator:
         from ..a1111.prompt_parser import extract_extra_networks
 
         check_settings(settings, self.family)
+        if self.family == "sd3":
+            from ..a1111.prompt_parser import strip_extra_networks
+            from .schedule import refuse_sd3
+
+            refuse_sd3([tuple(strip_extra_networks(t) for t in pair) for pair in settings.pairs()])
         init = None
         if settings.init_image is not None:
             init = _load_init_image(settings.init_image)
+        if settings.mask_image is not None:
+            from .inpaint import load_mask_image
+
+            load_mask_image(settings.mask_image)  # a mask that cannot be read fails before any weights load
         s = with_family_defaults(settings, self.family, init.size if init is not None else None)
         base_seed = s.seed if s.seed != -1 else random.randint(0, MAX_SEED)
         per_prompt = s.batch_size * s.batch_count
@@ -250,6 +263,8 @@ class Generator:
         inputs: list[Path] = []
         if isinstance(s.init_image, (str, Path)):
             inputs.append(Path(s.init_image))
+        if isinstance(s.mask_image, (str, Path)):
+            inputs.append(Path(s.mask_image))
         if s.infotext_file is not None:
             inputs.append(Path(s.infotext_file))
         if self.source.path is not None and self.source.kind == "single_file":
@@ -285,8 +300,16 @@ class Generator:
     def _generate(self, settings: GenerationSettings) -> list[GeneratedImage]:
         from tqdm.auto import tqdm
 
+        from .tiling import circular_padding
+
         s, jobs, init = self.prepare(settings)
         loaded = self.load()
+        plan = self._inpaint_plan(s, init)
+        if s.tiling and self.family == "sd3":
+            self._say(
+                "SD3's transformer has no padded convolutions: with tiling only its VAE wraps around, "
+                "so the images do not tile seamlessly (as in A1111)."
+            )
         texts = [j.clean_positive for j in jobs] + [j.clean_negative for j in jobs]
         if self.family != "sd3":
             load_embeddings(loaded, find_embeddings(texts, self.embedding_dirs))
@@ -300,9 +323,11 @@ class Generator:
         results: dict[int, GeneratedImage] = {}
         bar = tqdm(total=len(jobs), desc="images", unit="img", file=sys.stderr, disable=not self.progress)
         try:
-            with loaded.lock:
+            # tiling: circular padding for this run, LoRA layers included (undone on the way out)
+            with loaded.lock, contextlib.ExitStack() as tiled:
                 for loras, by_loras in groups.items():
                     apply_loras(loaded, loras)
+                    tiled.enter_context(circular_padding(loaded.pipe, bool(s.tiling)))
                     by_length: dict[int, list[_Job]] = {}
                     for j in by_loras:
                         by_length.setdefault(self._chunk_count(loaded, s, j), []).append(j)
@@ -312,7 +337,7 @@ class Generator:
                     while queue:
                         batch = queue.pop(0)
                         try:
-                            images = self._run_batch(loaded, s, batch, init)
+                            images = self._run_batch(loaded, s, batch, init, plan)
                         except Exception as e:  # noqa: BLE001 - only OOM is handled here
                             if not is_oom(e):
                                 raise
@@ -328,7 +353,7 @@ class Generator:
                             queue = [b[i : i + forward] for b in [batch] + queue for i in range(0, len(b), forward)]
                             continue
                         for job, image in zip(batch, images):
-                            results[job.index] = self._finish(loaded, s, job, image)
+                            results[job.index] = self._finish(loaded, s, job, image, plan)
                             bar.update(1)
         finally:
             bar.close()
@@ -339,13 +364,15 @@ class Generator:
         if self.family == "sd3":
             return 0
         from .encode import count_chunks
+        from .schedule import prompt_passes, scheduled_texts
 
-        texts = (job.clean_positive, job.clean_negative)
+        passes = prompt_passes(s)
+        texts = [t for c in (job.clean_positive, job.clean_negative) for t in scheduled_texts(c, passes)]
         return max(
             count_chunks(loaded.pipe.tokenizer, expand_embeddings(t, loaded.embeddings), emphasis=s.emphasis) for t in texts
         )
 
-    def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init) -> list:
+    def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init, plan=None) -> list:
         import torch
 
         from ..a1111.samplers import make_scheduler
@@ -359,20 +386,64 @@ class Generator:
         common = dict(guidance_scale=s.cfg_scale, generator=generators, **cond)
         if self.family == "sd3" and s.clip_skip > 1:
             common["clip_skip"] = s.clip_skip - 1
+        if plan is not None and plan.active:
+            return self._inpaint(loaded, s, batch, plan, scheduler, generators, common)
         if init is not None:
             from PIL import Image
 
             img2img = loaded.img2img_pipe()
-            img2img.scheduler = scheduler
             src = init.convert("RGB").resize((s.width, s.height), Image.LANCZOS)
             steps, strength = img2img_schedule(s.steps, s.denoising_strength, self.family)
+            img2img.scheduler = self._watch(img2img, scheduler, int(steps * strength))
             out = img2img(image=[src] * len(batch), strength=strength, num_inference_steps=steps, **common)
             return list(out.images)
-        pipe.scheduler = scheduler
+        pipe.scheduler = self._watch(pipe, scheduler, s.steps)
         if not s.hires:
             out = pipe(width=s.width, height=s.height, num_inference_steps=s.steps, **common)
             return list(out.images)
         return self._hires(loaded, s, common, len(batch))
+
+    def _inpaint_plan(self, s: GenerationSettings, init):
+        """What inpainting does to the init image (:mod:`tagloop.generator.inpaint`); None without a mask."""
+        if s.mask_image is None or init is None:
+            return None
+        from .inpaint import load_mask_image, plan_inpaint
+
+        plan = plan_inpaint(
+            init,
+            load_mask_image(s.mask_image),
+            width=s.width,
+            height=s.height,
+            mask_blur=s.mask_blur,
+            inpainting_fill=s.inpainting_fill,
+            invert=bool(s.inpainting_mask_invert),
+            full_res=bool(s.inpaint_full_res),
+            padding=s.inpaint_full_res_padding,
+        )
+        self._say(plan.notice)
+        return plan
+
+    def _inpaint(
+        self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], plan, scheduler, generators, common
+    ) -> list:
+        """One batch inpainted as A1111 does (latent mask at every step, original pixels put back)."""
+        from .inpaint import run_inpaint
+
+        pipe = loaded.inpaint_pipe()
+        steps, strength = img2img_schedule(s.steps, s.denoising_strength, self.family)
+        pipe.scheduler = self._watch(pipe, scheduler, int(steps * strength))
+        return run_inpaint(
+            pipe,
+            plan,
+            seeds=[j.seed for j in batch],
+            generators=generators,
+            width=s.width,
+            height=s.height,
+            strength=strength,
+            steps=steps,
+            dtype=_compute_dtype(self.options),
+            call_kwargs=common,
+        )
 
     def _hires(self, loaded: LoadedModel, s: GenerationSettings, common: dict, n: int) -> list:
         """A1111 hires fix: first pass, upscale (latent bilinear or Lanczos), img2img second pass."""
@@ -396,9 +467,31 @@ class Generator:
         steps, strength = img2img_schedule(s.steps, s.hires_denoise, self.family, requested=s.hires_steps or s.steps)
         second_sched, _ = make_scheduler(s.sampler, s.schedule_type, loaded.scheduler_config, self.family, version=s.version)
         img2img = loaded.img2img_pipe()
-        img2img.scheduler = second_sched
-        out = img2img(image=image, strength=strength, num_inference_steps=steps, **common)
+        img2img.scheduler = self._watch(img2img, second_sched, int(steps * strength))
+        from .schedule import second_pass
+
+        out = img2img(image=image, strength=strength, num_inference_steps=steps, **second_pass(common))
         return list(out.images)
+
+    def _watch(self, pipe: Any, scheduler: Any, steps: int) -> Any:
+        """``scheduler`` reporting each step to :attr:`step_hook`; a True answer interrupts ``pipe``
+        (diffusers skips the remaining steps and decodes what it has, as A1111's interrupt does)."""
+        hook = self.step_hook
+        if hook is None:
+            return scheduler
+        original = scheduler.step
+        done = [0]
+        total = max(1, int(steps))
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            done[0] += 1
+            if hook(min(done[0], total), total):
+                pipe._interrupt = True
+            return out
+
+        scheduler.step = step
+        return scheduler
 
     def _conditioning(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job]) -> dict:
         """Prompt embeddings (SD1/SD2/SDXL, A1111 semantics) or plain text (SD3) for one forward."""
@@ -411,10 +504,15 @@ class Generator:
                 negative_prompt=[_plain_text(j.clean_negative) for j in batch],
             )
         from .encode import count_chunks, encode_prompt_a1111, encode_prompt_sdxl
+        from .schedule import prompt_passes, scheduled_texts, step_conditioning
 
         pos = [expand_embeddings(j.clean_positive, loaded.embeddings) for j in batch]
         neg = [expand_embeddings(j.clean_negative, loaded.embeddings) for j in batch]
-        chunks = max(count_chunks(pipe.tokenizer, t, emphasis=s.emphasis) for t in pos + neg)
+        # every text a step of this forward may use (the prompts themselves without editing/alternation)
+        passes = prompt_passes(s)
+        every = [t for j in batch for c in (j.clean_positive, j.clean_negative) for t in scheduled_texts(c, passes)]
+        every = [expand_embeddings(t, loaded.embeddings) for t in every]
+        chunks = max(count_chunks(pipe.tokenizer, t, emphasis=s.emphasis) for t in every)
         device = getattr(pipe, "_execution_device", None) or torch.device(self.device)
         dtype = loaded.denoiser.dtype if self.options.storage_dtype is None else _compute_dtype(self.options)
         cache: dict[str, Any] = {}
@@ -454,7 +552,16 @@ class Generator:
                     )
             return cache[text]
 
+        per_step = step_conditioning(
+            s,
+            [j.clean_positive for j in batch],
+            [j.clean_negative for j in batch],
+            lambda text: enc(expand_embeddings(text, loaded.embeddings)),
+            sdxl=self.family == "sdxl",
+        )
         with torch.no_grad():
+            if per_step is not None:  # prompt editing / alternation: embeddings switched per step
+                return per_step.kwargs()
             if self.family == "sdxl":
                 p = [enc(t) for t in pos]
                 n = [enc(t) for t in neg]
@@ -485,8 +592,14 @@ class Generator:
             self._hashes[(key, kind)] = h
         return self._hashes[(key, kind)]
 
-    def params_for(self, s: GenerationSettings, job: _Job, width: int | None = None, height: int | None = None) -> dict:
-        """The A1111 parameter line of one image, in A1111's key order (None = not written)."""
+    def params_for(
+        self, s: GenerationSettings, job: _Job, width: int | None = None, height: int | None = None, inpaint=None
+    ) -> dict:
+        """The A1111 parameter line of one image, in A1111's key order (None = not written).
+
+        ``inpaint``: the request's :class:`~tagloop.generator.inpaint.InpaintPlan` (its keys depend on
+        the mask: a blank "only masked" mask writes no ``Inpaint area``); without it they follow the settings.
+        """
         from .. import __version__
         from ..a1111.samplers import resolve_sampler
 
@@ -512,6 +625,12 @@ class Generator:
             p["Denoising strength"] = _num(s.denoising_strength)
         if s.clip_skip > 1:
             p["Clip skip"] = s.clip_skip
+        if s.tiling:
+            p["Tiling"] = "True"
+        if s.mask_image is not None:
+            from .inpaint import settings_params
+
+            p.update(inpaint.params if inpaint is not None else settings_params(s))
         if s.hires:
             p["Denoising strength"] = _num(s.hires_denoise)
             p["Hires upscale"] = _num(s.hires_scale)
@@ -531,10 +650,10 @@ class Generator:
         p["Version"] = f"tagloop {__version__}"
         return p
 
-    def _finish(self, loaded: LoadedModel, s: GenerationSettings, job: _Job, image) -> GeneratedImage:
+    def _finish(self, loaded: LoadedModel, s: GenerationSettings, job: _Job, image, plan=None) -> GeneratedImage:
         from ..a1111.infotext import build_infotext, next_image_path, save_png
 
-        infotext = build_infotext(job.positive, job.negative, self.params_for(s, job))
+        infotext = build_infotext(job.positive, job.negative, self.params_for(s, job, inpaint=plan))
         path = None
         if s.out_dir is not None:
             out = Path(s.out_dir)

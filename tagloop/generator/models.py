@@ -96,6 +96,7 @@ class LoadedModel:
     adapters: dict[Path, str] = field(default_factory=dict)
     embeddings: dict[str, tuple[Path, int]] = field(default_factory=dict)
     img2img: Any = None
+    inpaint: Any = None
     active_loras: tuple = ()
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -117,6 +118,25 @@ class LoadedModel:
             # from_pipe does not carry the progress-bar settings (--quiet)
             self.img2img.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
         return self.img2img
+
+    def inpaint_pipe(self):
+        """The inpainting pipeline over the same modules (no reload; see :mod:`tagloop.generator.inpaint`)."""
+        if self.inpaint is None:
+            import diffusers
+
+            cls = getattr(diffusers, INPAINT_PIPELINE_CLASSES[self.family])
+            self.inpaint = cls.from_pipe(self.pipe)
+            self.inpaint.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
+        return self.inpaint
+
+
+#: The diffusers inpainting pipeline per family (4-channel UNets, 16-channel SD3 transformers).
+INPAINT_PIPELINE_CLASSES = {
+    "sd1": "StableDiffusionInpaintPipeline",
+    "sd2": "StableDiffusionInpaintPipeline",
+    "sdxl": "StableDiffusionXLInpaintPipeline",
+    "sd3": "StableDiffusion3InpaintPipeline",
+}
 
 
 _CACHE: dict[tuple, LoadedModel] = {}

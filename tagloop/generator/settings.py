@@ -52,6 +52,14 @@ class GenerationSettings:
     :func:`settings_from_infotext`); like ``init_image``, no output may be written over it.
     Output names (``out_dir/00000-SEED.png``) are planned before any work, and a run whose outputs
     would overwrite one of its inputs is refused (:class:`tagloop.errors.OutputPathError`).
+    ``tiling``: seamless images (A1111's Tiling: circular padding in the UNet and VAE).
+    ``mask_image`` (a path, PIL image or image bytes, with ``init_image``) inpaints: ``mask_blur``
+    (pixels), ``inpainting_fill`` (0 fill, 1 original, 2 latent noise, 3 latent nothing),
+    ``inpainting_mask_invert`` (repaint what is *not* masked), ``inpaint_full_res`` ("only masked":
+    the masked region, grown by ``inpaint_full_res_padding`` pixels, is generated at ``width x
+    height`` and pasted back). Their defaults are A1111's HTTP API defaults (blur 4, fill, only
+    masked, padding 0), so API requests map onto them field for field; A1111's img2img tab starts
+    from original content, whole picture and padding 32 instead (see :mod:`tagloop.generator.inpaint`).
     """
 
     prompt: str = ""
@@ -75,6 +83,13 @@ class GenerationSettings:
     hires_steps: int = 0
     hires_denoise: float = 0.5
     hires_upscaler: Literal["latent", "lanczos"] = "latent"
+    tiling: bool = False
+    mask_image: Any = None
+    mask_blur: int = 4
+    inpainting_fill: int = 0
+    inpainting_mask_invert: bool = False
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
     out_dir: Path | None = None
     version: str | None = None
     infotext_file: Path | None = None
@@ -163,6 +178,7 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
             raise _err(f"`hires_steps` must be 0 (same as `steps`) or more, not {s.hires_steps!r}.")
     if s.hires_upscaler not in ("latent", "lanczos"):
         raise _err(f"`hires_upscaler` must be latent or lanczos, not {s.hires_upscaler!r}.")
+    _check_extras(s)
     if s.sampler is not None or s.schedule_type is not None:
         name = s.sampler or _default_sampler(family)[0]
         try:
@@ -176,6 +192,35 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
     for pos, neg in s.pairs():
         if not isinstance(pos, str) or not isinstance(neg, str):
             raise _err("prompts must be text.")
+
+
+#: Largest ``mask_blur`` accepted (A1111's slider stops at 64; its API takes more).
+MAX_MASK_BLUR = 256
+
+
+def _is_flag(v: Any) -> bool:
+    return isinstance(v, bool) or (isinstance(v, int) and v in (0, 1))
+
+
+def _check_extras(s: GenerationSettings) -> None:
+    """Tiling and inpainting settings (the mask itself is read when the request is prepared)."""
+    if not _is_flag(s.tiling):
+        raise _err(f"`tiling` must be true or false, not {s.tiling!r}.")
+    if s.mask_image is not None and s.init_image is None:
+        raise _err("`mask_image` inpaints an `init_image`; give the image to inpaint as `init_image` too.")
+    if isinstance(s.mask_blur, bool) or not isinstance(s.mask_blur, int) or not 0 <= s.mask_blur <= MAX_MASK_BLUR:
+        raise _err(f"`mask_blur` must be a whole number of pixels from 0 to {MAX_MASK_BLUR}, not {s.mask_blur!r}.")
+    if isinstance(s.inpainting_fill, bool) or s.inpainting_fill not in (0, 1, 2, 3):
+        raise _err(
+            "`inpainting_fill` must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing), "
+            f"not {s.inpainting_fill!r}."
+        )
+    for name in ("inpainting_mask_invert", "inpaint_full_res"):
+        if not _is_flag(getattr(s, name)):
+            raise _err(f"`{name}` must be true or false, not {getattr(s, name)!r}.")
+    pad = s.inpaint_full_res_padding
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise _err(f"`inpaint_full_res_padding` must be a whole number of pixels, 0 or more, not {pad!r}.")
 
 
 def _default_sampler(family: str | None) -> tuple[str, str]:
@@ -315,8 +360,11 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         raise SettingsError(str(e)) from None
     hires = num("Hires upscale", float)
     upscaler = str(params.get("Hires upscaler") or "Latent").lower()
+    inpaint = _inpaint_from_infotext(params)
     return replace(
         s,
+        **inpaint,
+        tiling=str(params.get("Tiling", "")).strip().lower() == "true",
         prompt=str(params.get("Prompt", "")),
         negative_prompt=str(params.get("Negative prompt", "")),
         prompts=[],
@@ -338,6 +386,39 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
         # the pre-1.9 rule a second time and turn `DPM++ 2M Karras` (1.8) into the uniform schedule.
         version=None,
         infotext_file=p,
+    )
+
+
+#: A1111's "Masked content" names -> ``inpainting_fill``.
+_FILL_NAMES = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
+#: Keys A1111 writes for an inpainting request (only those that differ from its defaults).
+_INPAINT_KEYS = ("Mask blur", "Mask mode", "Inpaint area", "Masked area padding", "Masked content")
+
+
+def _inpaint_from_infotext(params) -> dict[str, Any]:
+    """The inpainting settings an infotext states (none when it states no inpainting key).
+
+    A1111 writes a key only when it differs from its img2img defaults, so once any is there the
+    absent ones mean those defaults: no blur, inpaint masked, whole picture, padding 32, original.
+    The mask itself is not in the infotext; these apply when a ``mask_image`` is given.
+    """
+    stated = params.stated() if hasattr(params, "stated") else dict(params)
+    if not any(k in stated for k in _INPAINT_KEYS):
+        return {}
+    fill = str(stated.get("Masked content", "original")).strip().lower()
+    if fill not in _FILL_NAMES:
+        raise SettingsError(f"infotext value Masked content: {fill!r} is not one of {', '.join(_FILL_NAMES)}.")
+    try:
+        blur = int(float(stated.get("Mask blur", 0)))
+        padding = int(float(stated.get("Masked area padding", 32)))
+    except (TypeError, ValueError):
+        raise SettingsError("infotext values Mask blur and Masked area padding must be numbers.") from None
+    return dict(
+        mask_blur=blur,
+        inpainting_mask_invert=str(stated.get("Mask mode", "")).strip() == "Inpaint not masked",
+        inpaint_full_res=str(stated.get("Inpaint area", "")).strip() == "Only masked",
+        inpaint_full_res_padding=padding,
+        inpainting_fill=_FILL_NAMES[fill],
     )
 
 

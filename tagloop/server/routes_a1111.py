@@ -256,17 +256,19 @@ async def png_info(request: Request, body: JsonBody) -> Json:
     return await run_in_threadpool(read)
 
 
-def _extras_images(body: Json, images: list, names: list[str]) -> tuple[list, str]:
+def _extras_images(body: Json, images: list, max_pixels: int) -> list:
+    """A1111's Extras upscale step over ``images`` (model-free upscalers; face restorers refused)."""
     from ..generator.upscale import upscale
 
-    for key, neutral in (("gfpgan_visibility", 0), ("codeformer_visibility", 0)):
-        if body.get(key) not in (None, neutral, 0.0):
+    for key in ("gfpgan_visibility", "codeformer_visibility"):
+        if body.get(key) not in (None, 0, 0.0):
             raise ApiError(f"`{key}` needs a face restorer, which tagloop does not have; set it to 0.", 422)
-    resize_mode = int(body.get("resize_mode", 0) or 0)
+    resize_mode = body.get("resize_mode", 0) or 0
     kwargs: dict[str, Any] = dict(
         upscaler=body.get("upscaler_1") or "None",
         upscaler_2=body.get("upscaler_2") or None,
         upscaler_2_visibility=float(body.get("extras_upscaler_2_visibility", 0) or 0),
+        max_pixels=max_pixels,
     )
     if resize_mode == 1:
         kwargs.update(width=int(body.get("upscaling_resize_w", 512)), height=int(body.get("upscaling_resize_h", 512)))
@@ -274,8 +276,8 @@ def _extras_images(body: Json, images: list, names: list[str]) -> tuple[list, st
     elif resize_mode == 0:
         kwargs["scale"] = float(body.get("upscaling_resize", 2) or 2)
     else:
-        raise ApiError(f"`resize_mode` must be 0 (scale) or 1 (to a size) for extras, not {resize_mode}.", 422)
-    return [upscale(im, **kwargs) for im in images], ""
+        raise ApiError(f"`resize_mode` must be 0 (scale) or 1 (to a size) for extras, not {resize_mode!r}.", 422)
+    return [upscale(im, **kwargs) for im in images]
 
 
 @router.post("/extra-single-image")
@@ -285,8 +287,8 @@ async def extra_single_image(request: Request, body: JsonBody) -> Json:
     if not body.get("image"):
         raise NotFound("Image not found: send the image base64-encoded in `image`.")
     img = await run_in_threadpool(decode_image, body["image"], state.settings.limits.max_pixels, "image", None)
-    out, html = await run_in_threadpool(_extras, body, [img], ["image"], state)
-    return {"html_info": html, "image": out[0]}
+    out, info = await run_in_threadpool(_extras, body, [img], ["image"], state)
+    return {"html_info": info, "image": out[0]}
 
 
 @router.post("/extra-batch-images")
@@ -305,22 +307,22 @@ async def extra_batch_images(request: Request, body: JsonBody) -> Json:
         data = item.get("data") if isinstance(item, dict) else None
         images.append(await run_in_threadpool(decode_image, data, state.settings.limits.max_pixels, f"imageList[{i}].data", None))
     names = [str(item.get("name") or f"image{i}") for i, item in enumerate(items)]
-    out, html = await run_in_threadpool(_extras, body, images, names, state)
-    return {"html_info": html, "images": out}
+    out, info = await run_in_threadpool(_extras, body, images, names, state)
+    return {"html_info": info, "images": out}
 
 
 def _extras(body: Json, images: list, names: list[str], state) -> tuple[list[str], str]:
-    from ..generator.upscale import postprocess_parameters
+    """Upscaled images as A1111's Extras answers: PNGs keeping the source's text, plus the
+    ``postprocessing`` line, and ``html_info`` with that line."""
+    import base64
+    import html
 
-    limits = state.settings.limits
-    results, _ = _extras_images(body, images, names)
-    for im in results:
-        if im.width * im.height > limits.max_pixels:
-            raise ApiError(f"the upscaled image is over the server's `max_pixels` limit of {limits.max_pixels:,}.", 413)
-    infotexts = []
-    for src, _im in zip(images, results):
-        infotexts.append(postprocess_parameters(src, body))
-    return [png_base64(im, text) for im, text in zip(results, infotexts)], "<p>" + "</p><p>".join(infotexts) + "</p>"
+    from ..generator.upscale import extras_png_bytes
+
+    results = _extras_images(body, images, state.settings.limits.max_pixels)
+    encoded = [base64.b64encode(extras_png_bytes(im)).decode("ascii") for im in results]
+    lines = [html.escape(str(im.info.get("postprocessing", ""))) for im in results]
+    return encoded, "".join(f"<p>{line}</p>" for line in lines)
 
 
 # -- listings, options, progress --------------------------------------------------------------------
