@@ -153,7 +153,7 @@ def test_family_presets():
     assert sd15.style == "anime" and sd15.budget == 75 and sd15.negative.startswith("nsfw, lowres")
     sdxl = compose_prompt(tags, PromptSettings(preset="sdxl-anime"))
     assert sdxl.positive.startswith("masterpiece, best quality, very aesthetic, absurdres, hatsune miku, vocaloid, 1girl")
-    sd3 = compose_prompt(tags, PromptSettings(preset="sd3-natural"))
+    sd3 = compose_prompt(tags, PromptSettings(preset="sd3-natural", prompt_style="tags"))  # its default is sentence
     assert sd3.positive == "an anime illustration, high quality, detailed, hatsune miku, one girl, vocaloid, hair ornament (x)"
     assert any(r.action == "replaced" and r.tag == "1girl" for r in sd3.removals)
     # explicit settings win over the preset

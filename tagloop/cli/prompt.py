@@ -33,6 +33,7 @@ PROMPT_OPTION_NAMES = (
     "filter_files", "block", "style", "preset", "negative_preset", "negative_extra", "quality", "trigger_words", "loras",
     "budget", "tokenizer", "always_first", "max_tags", "replace_pairs", "replace_files", "no_overlap", "keep_rating",
     "character_first", "category_order", "emphasis", "emphasis_range", "weights", "use_spaces", "escape",
+    "prompt_style", "llm", "llm_max_new_tokens",
 )  # fmt: skip
 
 
@@ -83,6 +84,9 @@ def build_prompt_settings(**opts: Any):
             tokenizer=opts.get("tokenizer") or "auto",
             use_spaces=opts.get("use_spaces"),
             escape=opts.get("escape"),
+            prompt_style=opts.get("prompt_style"),
+            llm=opts.get("llm"),
+            llm_max_new_tokens=opts.get("llm_max_new_tokens") or 120,
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -226,6 +230,25 @@ def _tagger_integration() -> tuple[list[click.Parameter], Callable[..., TagResul
     default=None,
     help="Escape ( ) \\ in tags so A1111 reads them as text (default: the preset's).",
 )
+@click.option(
+    "--prompt-style",
+    type=click.Choice(["tags", "sentence", "llm"]),
+    default=None,
+    help="tags: a tag list; sentence: the same tags as one sentence (rule-based, for SD3.x); llm: a local language "
+    "model writes it (--llm), checked against the tags (default: the preset's, else tags).",
+)
+@click.option(
+    "--llm",
+    default=None,
+    help="For --prompt-style llm: a transformers model folder, a .gguf file (pip install tagloop[llm]) or a hub id "
+    "(the only case that downloads).",
+)
+@click.option(
+    "--llm-max-new-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Longest answer the language model may write (default 120 tokens).",
+)
 @handle_errors
 def prompt_command(
     image,
@@ -256,6 +279,9 @@ def prompt_command(
     weights,
     use_spaces,
     escape,
+    prompt_style,
+    llm,
+    llm_max_new_tokens,
     **tagger_kwargs,
 ):
     """Compose a Stable Diffusion prompt from an image's tags: filters, quality tags, negative prompt, token budget.
@@ -267,6 +293,7 @@ def prompt_command(
       tagloop prompt --tags "1girl, solo, long hair, very long hair, rating:safe" --preset sd15-anime
       tagloop tag img.png --format json > tags.json
       tagloop prompt --from-json tags.json --filters filter.txt --style anime --budget 75 --format json
+      tagloop prompt --tags "1girl, long hair, blue hair, smile, classroom" --prompt-style sentence
       tagloop prompt img.png --model deepdanbooru --a1111-dir ~/sd-webui --negative-preset anime
     """
     from ..prompt.composer import compose_prompt
@@ -317,6 +344,9 @@ def prompt_command(
         weights=weights,
         use_spaces=use_spaces,
         escape=escape,
+        prompt_style=prompt_style,
+        llm=llm,
+        llm_max_new_tokens=llm_max_new_tokens,
     )
 
     composed = []

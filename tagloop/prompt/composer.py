@@ -23,6 +23,10 @@ Token budget: when the positive prompt has more CLIP tokens than ``budget`` (cou
 see :mod:`tagloop.prompt.tokens`), tagger tags are dropped lowest score first (ties: the later
 one), never quality tags, trigger words, LoRA parts or pinned (``always_first``) tags; every drop is
 recorded. If the protected parts alone exceed the budget a warning says so.
+
+Prompt styles (``prompt_style``, default the preset's, else ``tags``): ``tags`` is the above;
+``sentence`` writes the same kept tags as one sentence (:mod:`tagloop.prompt.sentence`), ``llm`` has a
+local language model write it and checks the answer (:mod:`tagloop.prompt.llm`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ class PromptSettings(FilterSettings):
     budget: CLIP-token budget of the positive prompt (0 = none).
     tokenizer: tokenizer folder, ``auto``, ``open_clip`` or ``estimate``.
     use_spaces / escape: tag text policy (see :class:`~tagloop.tagtext.TagPolicy`).
+    prompt_style: ``tags`` | ``sentence`` | ``llm`` (None = the preset's, else ``tags``).
+    llm: for ``llm``: a transformers model folder, a ``.gguf`` file, a hub id, or an object with
+        ``generate(prompt, max_new_tokens) -> str`` (see :mod:`tagloop.prompt.llm`).
+    llm_max_new_tokens: the longest answer the model may write.
     """
 
     style: str | Path | StyleRules | None = None
@@ -77,6 +85,9 @@ class PromptSettings(FilterSettings):
     tokenizer: str | Path | TokenCounter | None = "auto"
     use_spaces: bool | None = None
     escape: bool | None = None
+    prompt_style: str | None = None
+    llm: Any = None
+    llm_max_new_tokens: int = 120
 
     def __post_init__(self) -> None:
         if self.category_order is not None:
@@ -113,6 +124,10 @@ class PromptSettings(FilterSettings):
             raise ValueError(f"`emphasis_range` must be (low, high) with low <= high, got {self.emphasis_range!r}.")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"`budget` must be >= 0, got {self.budget}.")
+        if self.prompt_style is not None and self.prompt_style not in ("tags", "sentence", "llm"):
+            raise ValueError(f"`prompt_style` must be one of tags, sentence, llm, got {self.prompt_style!r}.")
+        if not isinstance(self.llm_max_new_tokens, int) or self.llm_max_new_tokens < 1:
+            raise ValueError(f"`llm_max_new_tokens` must be a whole number >= 1, got {self.llm_max_new_tokens!r}.")
 
 
 def resolve_settings(settings: PromptSettings) -> tuple[PromptSettings, PromptPreset]:
@@ -137,6 +152,7 @@ def resolve_settings(settings: PromptSettings) -> tuple[PromptSettings, PromptPr
             budget=settings.budget if settings.budget is not None else preset.budget,
             use_spaces=preset.use_spaces if settings.use_spaces is None else settings.use_spaces,
             escape=preset.escape if settings.escape is None else settings.escape,
+            prompt_style=settings.prompt_style or preset.prompt_style or "tags",
         ),
         preset,
     )
@@ -189,6 +205,12 @@ class ComposedPrompt:
     rating: dict[str, float] = field(default_factory=dict)
     path: str = ""
     warnings: list[str] = field(default_factory=list)
+    prompt_style: str = "tags"
+    sentence: str | None = None
+    phrases: list[dict[str, Any]] = field(default_factory=list)
+    dropped_by_llm: list[str] = field(default_factory=list)
+    t5_tokens: dict[str, Any] | None = None
+    llm: dict[str, Any] | None = None
 
     def kept_tags(self) -> list[str]:
         """Canonical names of the tagger tags that made it into the positive prompt."""
@@ -199,7 +221,7 @@ class ComposedPrompt:
         return self.positive + (f"\nNegative prompt: {self.negative}" if self.negative else "")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "path": self.path,
             "positive": self.positive,
             "negative": self.negative,
@@ -214,7 +236,17 @@ class ComposedPrompt:
             "budget": self.budget,
             "tokens": {"positive": self.tokens.to_json(), "negative": self.negative_tokens.to_json()},
             "warnings": list(self.warnings),
+            "prompt_style": self.prompt_style,
         }
+        if self.prompt_style != "tags":
+            out["sentence"] = self.sentence
+            out["phrases"] = list(self.phrases)
+            out["dropped_by_llm"] = list(self.dropped_by_llm)
+            if self.t5_tokens is not None:
+                out["tokens"]["t5"] = self.t5_tokens
+            if self.llm is not None:
+                out["llm"] = self.llm
+        return out
 
     def to_json_str(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False, indent=indent)
@@ -332,6 +364,7 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
     tokens = counter.count(positive)
     dropped: list[str] = []
     budget = eff.budget or None
+    style_budget, budget = (budget, None) if eff.prompt_style != "tags" else (None, budget)
     if budget is not None and tokens.tokens > budget:
         candidates = sorted(
             (i for i, p in enumerate(parts) if p.kind == "tag" and not p.pinned),
@@ -366,7 +399,7 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
     if budget is not None and not tokens.exact:
         warnings.append("token counts are an estimate; pass `--tokenizer DIR` (a CLIP tokenizer folder) for exact counts.")
     negative_text = _join(negative_parts)
-    return ComposedPrompt(
+    composed = ComposedPrompt(
         positive=positive,
         negative=negative_text,
         parts=parts,
@@ -383,6 +416,11 @@ def compose_prompt(result: TagResult, settings: PromptSettings | None = None) ->
         path=result.path,
         warnings=warnings,
     )
+    if eff.prompt_style != "tags":
+        from .sentence import apply_prompt_style
+
+        composed = apply_prompt_style(composed, eff, preset, counter, style_budget, policy)
+    return composed
 
 
 __all__ = ["ComposedPrompt", "PromptPart", "PromptSettings", "PresetError", "compose_prompt", "resolve_settings"]

@@ -83,6 +83,9 @@ class PromptPreset:
     category_order: tuple[str, ...] | None = None
     replace: tuple[tuple[str, str], ...] = ()
     loras: tuple[LoraSpec, ...] = ()
+    prompt_style: str | None = None
+    sentence_weights: str = "a1111"
+    t5_limit: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description}
@@ -116,7 +119,12 @@ def _parse_preset(name: str, data: dict[str, Any], path: Any, base: PromptPreset
             if not isinstance(value, bool):
                 raise PresetError(f"{where}: `{key}` must be true or false.", path)
             values[key] = value
-        elif key in ("budget", "max_tags"):
+        elif key in ("prompt_style", "sentence_weights"):
+            allowed = ("tags", "sentence", "llm") if key == "prompt_style" else ("words", "a1111")
+            if value not in allowed:
+                raise PresetError(f"{where}: `{key}` must be one of {list(allowed)}.", path)
+            values[key] = value
+        elif key in ("budget", "max_tags", "t5_limit"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise PresetError(f"{where}: `{key}` must be a whole number >= 0.", path)
             values[key] = value or None

@@ -58,6 +58,7 @@ PROMPT_FIELDS = {
     "always_first",
     "category_order",
     "max_tags",
+    "prompt_style",
 }
 NAME_FIELDS = ("preset", "negative_preset", "style")
 #: generation settings a reproduce request may set
@@ -76,6 +77,8 @@ def _prompt_settings(body: Json) -> Json:
         value = out.get(key)
         if value is not None and ("/" in str(value) or "\\" in str(value) or str(value).endswith((".toml", ".txt"))):
             raise ApiError(f"`{key}` must be a built-in name; files on the server are not read from a request.", 422)
+    if out.get("prompt_style") == "llm":  # the model path is a server file: not settable from a request
+        raise ApiError('`prompt_style` "llm" is not served: this server has no language model; use "sentence" or "tags".', 422)
     for key in ("quality_tags", "trigger_words", "negative_extra", "block", "replace", "always_first", "category_order"):
         if isinstance(out.get(key), str):
             out[key] = [x.strip() for x in out[key].split(",") if x.strip()]
