@@ -270,7 +270,7 @@ def expected_cells(report: dict[str, Any]) -> dict[tuple[str, str, str], str]:
     for v in report["variants"]:
         for scorer in report["scorers"]:
             sc = v["scores"].get(scorer, {})
-            metrics = ["cosine"] if scorer == "clip" else TAGGER_METRICS
+            metrics = ["cosine"] if scorer == "clip" else ["f1"] if scorer == "structure" else TAGGER_METRICS
             for m in metrics:
                 value = sc.get(m)
                 out[(v["id"], scorer, m)] = "–" if value is None else f"{value:.3f}"

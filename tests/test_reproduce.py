@@ -451,12 +451,12 @@ def test_img2img_judge_and_clip(loop_models, tiny_wd, tiny_clip, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     report = _json(tmp_path / "out" / "pic7" / "report.json")
-    assert report["scorers"] == ["tagger", "judge", "clip"]
+    assert report["scorers"] == ["tagger", "judge", "clip", "structure"]
     assert report["models"]["judge"]["family"] == "wd14" and report["models"]["tagger"]["family"] == "deepdanbooru"
     for v in report["variants"]:
         params = read_image_metadata(tmp_path / "out" / "pic7" / v["file"]).parameters
         assert float(params["Denoising strength"]) == 0.5
-        assert set(v["scores"]) == {"tagger", "judge", "clip"}
+        assert set(v["scores"]) == {"tagger", "judge", "clip", "structure"}
         assert -1.0 <= v["scores"]["clip"]["cosine"] <= 1.0
     cal = report["calibration"]
     assert cal["tagger"]["floor"] is not None and set(cal["tagger"]["floor"]["copies"]) == {"floor-0", "floor-1"}

@@ -301,7 +301,7 @@ def test_lax_values_as_pydantic_reads_them():
         ({"seed_resize_from_w": 256, "seed_resize_from_h": 256}, "seed_resize_from_w"),
         ({"styles": ["my style"]}, "styles"),
         ({"script_name": "x/y/z plot"}, "script_name"),
-        ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts.controlnet"),
+        ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts.adetailer"),
         ({"alwayson_scripts": {"ADetailer": {"args": [False]}}}, "alwayson_scripts.adetailer"),
         ({"refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.8}, "refiner_checkpoint"),
         ({"sampler_name": "Euler", "s_churn": 1.0}, "s_churn"),

@@ -29,6 +29,12 @@ _FILL_CHOICES = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 
 
 #: Settings whose name differs from their option's: library messages name the setting.
 _SETTING_FLAGS = {
+    "controlnet_dirs": "--controlnet-dir",
+    "guidance_start": "--control-start",
+    "guidance_end": "--control-end",
+    "resize_mode": "--control-resize",
+    "low_threshold": "--control-low",
+    "high_threshold": "--control-high",
     "lora_dirs": "--lora-dir",
     "embeddings_dirs": "--embeddings-dir",
     "config": "--config-dir",
@@ -69,6 +75,53 @@ def _extras_settings(opts: dict) -> dict:
     )
 
 
+def control_units(opts: dict) -> list:
+    """The ControlNet units the ``--control*`` options give (one per ``--control``; every per-unit option
+    is given once for all units or once per unit, in order). ``--control-image`` may be left out where
+    the caller supplies the image (``tagloop reproduce``: the source)."""
+    from ..generator.control import ControlUnit
+
+    modules = list(opts.get("control") or ())
+    per_unit = {
+        "control_image": "image",
+        "control_model": "model",
+        "control_weight": "weight",
+        "control_start": "guidance_start",
+        "control_end": "guidance_end",
+        "control_resize": "resize_mode",
+        "control_low": "low_threshold",
+        "control_high": "high_threshold",
+    }
+    if opts.get("control_annotator"):
+        raise click.UsageError(
+            "--control-annotator: tagloop runs only the canny and image modules, which need no annotator weights; "
+            "pose, depth and line-art maps need their annotator models (e.g. body_pose_model.pth, dpt_hybrid-midas, "
+            "sk_model.pth): make the map elsewhere and pass it with --control image."
+        )
+    if not modules:
+        given = [f"--{k.replace('_', '-')}" for k in per_unit if opts.get(k)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} need --control canny or --control image.")
+        return []
+    units = []
+    for i, module in enumerate(modules):
+        fields = {}
+        for opt, field in per_unit.items():
+            values = list(opts.get(opt) or ())
+            if not values:
+                continue
+            if len(values) not in (1, len(modules)):
+                raise click.UsageError(
+                    f"--{opt.replace('_', '-')} is given {len(values)} times for {len(modules)} --control units; "
+                    "give it once (for all) or once per unit."
+                )
+            fields[field] = values[0] if len(values) == 1 else values[i]
+        if "model" not in fields:
+            raise click.UsageError("--control needs --control-model (a ControlNet file, folder, name or hub id).")
+        units.append(ControlUnit(module="none" if module == "image" else module, **fields))
+    return units
+
+
 def _explicit(ctx: click.Context, name: str) -> bool:
     src = ctx.get_parameter_source(name)
     return src is not None and src.name not in ("DEFAULT",)
@@ -78,7 +131,13 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 GENERATOR_OPTION_NAMES = (
     "model", "sampler", "schedule_type", "steps", "cfg", "size", "max_batch", "clip_skip", "hires_scale", "hires_steps",
     "hires_denoise", "hires_upscaler", "vae", "lora_dir", "embeddings_dir", "a1111_dir", "comfyui_dir", "device", "dtype",
-    "offload", "vae_tiling", "attention_slicing", "compile_", "allow_pickle", "config_dir", "quiet",
+    "offload", "vae_tiling", "attention_slicing", "compile_", "allow_pickle", "config_dir", "quiet", "controlnet_dir",
+)  # fmt: skip
+
+#: The ControlNet options (``tagloop reproduce`` takes them too).
+CONTROL_OPTION_NAMES = (
+    "control", "control_image", "control_model", "control_weight", "control_start", "control_end", "control_resize",
+    "control_low", "control_high", "controlnet_dir", "control_annotator",
 )  # fmt: skip
 
 
@@ -122,6 +181,7 @@ def build_generator(opts: dict):
         compile=bool(opts.get("compile_")),
         allow_pickle=bool(opts.get("allow_pickle")),
         config=opts.get("config_dir"),
+        controlnet_dirs=opts.get("controlnet_dir") or (),
         progress=not opts.get("quiet"),
         quiet=bool(opts.get("quiet")),
         notice=lambda m: click.echo(m, err=True),
@@ -235,6 +295,34 @@ def build_generator(opts: dict):
     help="Pixels around the masked region with --inpaint-area masked (A1111's Only masked padding).",
 )
 @click.option("--tiling", is_flag=True, help="Seamless images that tile (A1111's Tiling: circular padding).")
+@click.option(
+    "--control",
+    multiple=True,
+    type=click.Choice(["canny", "image"]),
+    help="A ControlNet unit (repeatable): canny = the edges of --control-image; image = --control-image as the condition.",
+)
+@click.option("--control-image", multiple=True, type=click.Path(dir_okay=False), help="Control image (per unit, or once).")
+@click.option("--control-model", multiple=True, help="ControlNet: file, diffusers folder, name in models/ControlNet, or hub id.")
+@click.option("--control-weight", multiple=True, type=float, help="ControlNet weight 0..2 (default 1).")
+@click.option("--control-start", multiple=True, type=float, help="Fraction of the steps where the unit starts (default 0).")
+@click.option("--control-end", multiple=True, type=float, help="Fraction of the steps where the unit ends (default 1).")
+@click.option(
+    "--control-resize",
+    multiple=True,
+    type=click.Choice(["crop", "fit", "stretch"]),
+    help="Fit the control image to --size: crop (Crop and Resize, default), fit (Resize and Fill), stretch (Just Resize).",
+)
+@click.option("--control-low", multiple=True, type=float, help="Canny low threshold (default 100).")
+@click.option("--control-high", multiple=True, type=float, help="Canny high threshold (default 200).")
+@click.option(
+    "--controlnet-dir", multiple=True, type=click.Path(file_okay=False), help="Folder of ControlNet models (repeatable)."
+)
+@click.option(
+    "--control-annotator",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Annotator weights for pose/depth/line-art preprocessors (not supported: refused with what is needed).",
+)
 @click.option("--hires-scale", type=float, default=None, help="Hires fix: upscale factor of a second pass (e.g. 1.3).")
 @click.option("--hires-steps", type=int, default=0, show_default=True, help="Hires fix steps (0 = same as --steps).")
 @click.option("--hires-denoise", type=float, default=0.5, show_default=True, help="Hires fix denoising strength.")
@@ -339,6 +427,7 @@ def generate_command(ctx: click.Context, **opts) -> None:
             init_image=opts["init_image"],
             denoising_strength=opts["denoise"],
             out_dir=Path(opts["out_dir"]),
+            control=control_units(opts),
             **_extras_settings(opts),
         )
         size = opts["size"]
@@ -348,7 +437,11 @@ def generate_command(ctx: click.Context, **opts) -> None:
             from ..generator.generate import GenerationSettings
 
             # inpainting keys the infotext does not state keep this command's values
-            from_info = settings_from_infotext(opts["infotext"], base=GenerationSettings(**_extras_settings(opts)))
+            from_info = settings_from_infotext(
+                opts["infotext"],
+                base=GenerationSettings(**_extras_settings(opts)),
+                saved_conditions=not opts["control_image"],
+            )
             overrides = {}
             for opt, field in (
                 ("prompt", "prompt"),
@@ -377,6 +470,15 @@ def generate_command(ctx: click.Context, **opts) -> None:
                 overrides.update(width=size[0], height=size[1])
             for field in ("batch_size", "batch_count", "max_batch", "init_image", "mask_image", "out_dir"):
                 overrides[field] = getattr(settings, field)
+            if opts["control"]:
+                overrides["control"] = settings.control
+            elif opts["control_image"] and from_info.control:
+                # the infotext's units with the control images given again (once for all, or once per unit)
+                images = list(opts["control_image"])
+                overrides["control"] = [
+                    replace(u, image=images[0] if len(images) == 1 else images[i], module=u.module)
+                    for i, u in enumerate(from_info.control)
+                ]
             settings = replace(from_info, **overrides)
         if opts["prompt_file"]:
             settings.prompts = read_prompt_file(opts["prompt_file"], opts["negative"] or "")

@@ -7,6 +7,7 @@ Stable Diffusion model ``--model``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ _FROM_GENERATE = (
     "sampler", "schedule_type", "steps", "cfg", "size", "max_batch", "clip_skip", "hires_scale", "hires_steps",
     "hires_denoise", "hires_upscaler", "vae", "lora_dir", "embeddings_dir", "dtype", "offload", "vae_tiling",
     "attention_slicing", "compile_", "config_dir",
+    # ControlNet: --control canny --control-model M conditions every variant on the source's edges
+    "control", "control_image", "control_model", "control_weight", "control_start", "control_end", "control_resize",
+    "control_low", "control_high", "controlnet_dir", "control_annotator",
 )  # fmt: skip
 
 
@@ -195,7 +199,7 @@ def reproduce_command(sources, model, out_dir, variants, refine, seed, img2img, 
     from ..errors import InputError
     from ..pipeline.reproduce import Reproducer, ReproduceSettings
     from ..tagger.run import expand_paths
-    from .generate import base_generation_settings, build_generator
+    from .generate import base_generation_settings, build_generator, control_units
 
     if not model:
         raise InputError(
@@ -227,7 +231,7 @@ def reproduce_command(sources, model, out_dir, variants, refine, seed, img2img, 
         generator,
         tag_options=tag_options,
         prompt_settings=prompt_settings,
-        generation=base_generation_settings(gen_opts),
+        generation=dataclasses.replace(base_generation_settings(gen_opts), control=control_units(gen_opts)),
         settings=settings,
         judge=judge,
         clip=clip,
@@ -353,7 +357,7 @@ def _compare(paths, out_dir, opts) -> None:
 
 
 def _table(report: dict[str, Any]) -> list[str]:
-    scorers = [s for s in report.get("scorers", []) if s != "clip"]
+    scorers = [s for s in report.get("scorers", []) if s not in ("clip", "structure")]
     lines = [f"{'image':<40} " + " ".join(f"{s + ' F1':>10}" for s in scorers) + f" {'recall':>7} {'soft':>6}"]
     for v in report["variants"]:
         sc = v.get("scores", {})

@@ -78,6 +78,18 @@ class _Job:
     path: Path | None = None  # the PNG this image is written to (planned before any work)
 
 
+@dataclass
+class _ControlRun:
+    """One control unit of a request: its resolved and loaded ControlNet and its condition image."""
+
+    index: int
+    unit: Any
+    source: Any
+    model: Any
+    condition: Any
+    hash: str | None
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
@@ -134,6 +146,7 @@ class Generator:
         compile: bool = False,
         allow_pickle: bool = False,
         config: str | Path | None = None,
+        controlnet_dirs: Iterable[str | Path] = (),
         progress: bool = True,
         notice: Callable[[str], None] = _stderr,
         quiet: bool | None = None,
@@ -169,6 +182,8 @@ class Generator:
         self.attention_slicing = attention_slicing
         self.lora_dirs = search_dirs("lora", lora_dirs, a1111_dir, comfyui_dir)
         self.embedding_dirs = search_dirs("embedding", embeddings_dirs, a1111_dir, comfyui_dir)
+        #: folders searched for ControlNet names (``controlnet_dirs``, then A1111's and ComfyUI's)
+        self.controlnet_dirs = search_dirs("controlnet", controlnet_dirs, a1111_dir, comfyui_dir)
         self._loaded: LoadedModel | None = None
         self._said: set[str] = set()
         self._hashes: dict[Path, str] = {}
@@ -200,6 +215,8 @@ class Generator:
         init = None
         if settings.init_image is not None:
             init = _load_init_image(settings.init_image)
+        if settings.control:
+            self._control_sources(settings)  # models named and of this family, images readable
         if settings.mask_image is not None:
             from .inpaint import load_mask_image
 
@@ -256,7 +273,16 @@ class Generator:
             raise OutputPathError(f"`out_dir` {out} is a file, not a folder; give a folder for the images.")
         for job, path in zip(jobs, plan_image_paths(out, [j.seed for j in jobs])):
             job.path = path
-        check_outputs([("the output image in `out_dir`", j.path) for j in jobs], self._input_files(s, jobs))
+        outputs = [("the output image in `out_dir`", j.path) for j in jobs]
+        if s.control:
+            from .control import condition_path
+
+            outputs += [
+                ("a ControlNet condition image in `out_dir`", condition_path(j.path, i))
+                for j in jobs
+                for i in range(len(s.control))
+            ]
+        check_outputs(outputs, self._input_files(s, jobs))
 
     def _input_files(self, s: GenerationSettings, jobs: list[_Job]) -> list[Path]:
         """The files this run reads, which no output may be written over."""
@@ -272,7 +298,67 @@ class Generator:
         if self.options.vae is not None and self.options.vae.is_file():
             inputs.append(self.options.vae)
         inputs += sorted({u.path for j in jobs for u in j.loras})
+        for unit in s.control:
+            if isinstance(unit.image, (str, Path)):
+                inputs.append(Path(unit.image))
+            model = Path(str(unit.model)).expanduser()
+            if model.is_file():
+                inputs.append(model)
         return inputs
+
+    # -- ControlNet ------------------------------------------------------------------------------
+
+    def _control_sources(self, s: GenerationSettings) -> list:
+        """Each control unit's ControlNet resolved and checked against this checkpoint's family, and its
+        image read (no weights load)."""
+        from .control import base_context_dim, check_family, controlnet_traits, load_control_image, resolve_controlnet
+
+        out = []
+        base_dim = base_context_dim(self.source)
+        for i, unit in enumerate(s.control):
+            source = resolve_controlnet(unit.model, self.controlnet_dirs, allow_pickle=self.options.allow_pickle)
+            check_family(source, controlnet_traits(source, self.options.allow_pickle), self.source, base_dim)
+            load_control_image(unit.image, where=f"the `control` unit {i} image")
+            out.append(source)
+        return out
+
+    def _control_run(self, loaded: LoadedModel, s: GenerationSettings) -> list | None:
+        """The active units of ``s`` with their loaded ControlNets and condition images (None: no control)."""
+        if not s.control:
+            return None
+        from .control import condition_image, load_controlnet
+
+        runs = []
+        dtype = _compute_dtype(self.options)
+        unet = loaded.pipe.unet
+        for i, (unit, source) in enumerate(zip(s.control, self._control_sources(s))):
+            cond = condition_image(unit, s.width, s.height)
+            model = (
+                load_controlnet(source, unet, dtype, self.device, allow_pickle=self.options.allow_pickle) if unit.active else None
+            )
+            h = None
+            if source.kind == "single_file":
+                from ..a1111.hashes import legacy_model_hash
+
+                h = legacy_model_hash(source.path)
+            runs.append(_ControlRun(i, unit, source, model, cond, h))
+        if not any(r.unit.active for r in runs):
+            self._say("no control unit acts on any step (each guidance window is empty); generating without ControlNet.")
+        return runs
+
+    def _control_kwargs(self, loaded: LoadedModel, runs: list, img2img: bool) -> tuple[Any, dict]:
+        """The ControlNet pipeline over the loaded modules and its ControlNet arguments."""
+        active = [r for r in runs if r.unit.active]
+        pipe = loaded.control_pipe(img2img, [r.model for r in active])
+        one = len(active) == 1
+        conds = [r.condition for r in active]
+        kwargs = dict(
+            controlnet_conditioning_scale=float(active[0].unit.weight) if one else [float(r.unit.weight) for r in active],
+            control_guidance_start=[float(r.unit.guidance_start) for r in active],
+            control_guidance_end=[float(r.unit.guidance_end) for r in active],
+        )
+        kwargs["control_image" if img2img else "image"] = conds[0] if one else conds
+        return pipe, kwargs
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -305,6 +391,7 @@ class Generator:
         s, jobs, init = self.prepare(settings)
         loaded = self.load()
         plan = self._inpaint_plan(s, init)
+        control = self._control_run(loaded, s)
         if s.tiling and self.family == "sd3":
             self._say(
                 "SD3's transformer has no padded convolutions: with tiling only its VAE wraps around, "
@@ -337,7 +424,7 @@ class Generator:
                     while queue:
                         batch = queue.pop(0)
                         try:
-                            images = self._run_batch(loaded, s, batch, init, plan)
+                            images = self._run_batch(loaded, s, batch, init, plan, control)
                         except Exception as e:  # noqa: BLE001 - only OOM is handled here
                             if not is_oom(e):
                                 raise
@@ -353,7 +440,7 @@ class Generator:
                             queue = [b[i : i + forward] for b in [batch] + queue for i in range(0, len(b), forward)]
                             continue
                         for job, image in zip(batch, images):
-                            results[job.index] = self._finish(loaded, s, job, image, plan)
+                            results[job.index] = self._finish(loaded, s, job, image, plan, control)
                             bar.update(1)
         finally:
             bar.close()
@@ -372,7 +459,7 @@ class Generator:
             count_chunks(loaded.pipe.tokenizer, expand_embeddings(t, loaded.embeddings), emphasis=s.emphasis) for t in texts
         )
 
-    def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init, plan=None) -> list:
+    def _run_batch(self, loaded: LoadedModel, s: GenerationSettings, batch: list[_Job], init, plan=None, control=None) -> list:
         import torch
 
         from ..a1111.samplers import make_scheduler
@@ -388,14 +475,20 @@ class Generator:
             common["clip_skip"] = s.clip_skip - 1
         if plan is not None and plan.active:
             return self._inpaint(loaded, s, batch, plan, scheduler, generators, common)
+        controlled = control is not None and any(r.unit.active for r in control)
         if init is not None:
             from PIL import Image
 
-            img2img = loaded.img2img_pipe()
+            img2img, extra = self._control_kwargs(loaded, control, True) if controlled else (loaded.img2img_pipe(), {})
             src = init.convert("RGB").resize((s.width, s.height), Image.LANCZOS)
             steps, strength = img2img_schedule(s.steps, s.denoising_strength, self.family)
             img2img.scheduler = self._watch(img2img, scheduler, int(steps * strength))
-            out = img2img(image=[src] * len(batch), strength=strength, num_inference_steps=steps, **common)
+            out = img2img(image=[src] * len(batch), strength=strength, num_inference_steps=steps, **extra, **common)
+            return list(out.images)
+        if controlled:
+            cpipe, extra = self._control_kwargs(loaded, control, False)
+            cpipe.scheduler = self._watch(cpipe, scheduler, s.steps)
+            out = cpipe(width=s.width, height=s.height, num_inference_steps=s.steps, **extra, **common)
             return list(out.images)
         pipe.scheduler = self._watch(pipe, scheduler, s.steps)
         if not s.hires:
@@ -593,7 +686,13 @@ class Generator:
         return self._hashes[(key, kind)]
 
     def params_for(
-        self, s: GenerationSettings, job: _Job, width: int | None = None, height: int | None = None, inpaint=None
+        self,
+        s: GenerationSettings,
+        job: _Job,
+        width: int | None = None,
+        height: int | None = None,
+        inpaint=None,
+        control: list | None = None,
     ) -> dict:
         """The A1111 parameter line of one image, in A1111's key order (None = not written).
 
@@ -647,13 +746,21 @@ class Generator:
                 )
         if s.emphasis != "Original":
             p["Emphasis"] = s.emphasis
+        if s.control:
+            from .control import unit_infotext
+
+            runs = control or [
+                _ControlRun(i, u, src, None, None, None) for i, (u, src) in enumerate(zip(s.control, self._control_sources(s)))
+            ]
+            for r in runs:
+                p[f"ControlNet {r.index}"] = unit_infotext(r.unit, r.source.name, r.hash, width or s.width, height or s.height)
         p["Version"] = f"tagloop {__version__}"
         return p
 
-    def _finish(self, loaded: LoadedModel, s: GenerationSettings, job: _Job, image, plan=None) -> GeneratedImage:
+    def _finish(self, loaded: LoadedModel, s: GenerationSettings, job: _Job, image, plan=None, control=None) -> GeneratedImage:
         from ..a1111.infotext import build_infotext, next_image_path, save_png
 
-        infotext = build_infotext(job.positive, job.negative, self.params_for(s, job, inpaint=plan))
+        infotext = build_infotext(job.positive, job.negative, self.params_for(s, job, inpaint=plan, control=control))
         path = None
         if s.out_dir is not None:
             out = Path(s.out_dir)
@@ -662,7 +769,15 @@ class Generator:
             if path is None or path.exists():  # taken since it was planned (another run in this folder)
                 path = next_image_path(out, job.seed)
             path = save_png(image, path, infotext)
-        return GeneratedImage(path, job.seed, infotext, image, job.positive, job.negative)
+            if control:
+                from .control import condition_path
+
+                for r in control:  # the condition image beside the image: 00000-SEED-control0.png
+                    r.condition.save(condition_path(path, r.index))
+        result = GeneratedImage(path, job.seed, infotext, image, job.positive, job.negative)
+        if control:
+            result.conditions = [r.condition for r in control]
+        return result
 
 
 def img2img_schedule(steps: int, denoise: float, family: str, requested: int | None = None) -> tuple[int, float]:

@@ -99,6 +99,7 @@ class LoadedModel:
     inpaint: Any = None
     active_loras: tuple = ()
     lock: threading.RLock = field(default_factory=threading.RLock)
+    control_pipes: dict = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -128,6 +129,34 @@ class LoadedModel:
             self.inpaint = cls.from_pipe(self.pipe)
             self.inpaint.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
         return self.inpaint
+
+    def control_pipe(self, img2img: bool, controlnets: list):
+        """The ControlNet pipeline (text-to-image or image-to-image) over the same modules and ``controlnets``
+        (one ``ControlNetModel``, or several as diffusers' multi-ControlNet); cached per set of models."""
+        key = (bool(img2img), tuple(id(m) for m in controlnets))
+        if key not in self.control_pipes:
+            import diffusers
+
+            names = CONTROL_PIPELINE_CLASSES.get(self.family)
+            if names is None:
+                raise GeneratorError(f"ControlNet is not supported for {self.family} models by tagloop.")
+            cls = getattr(diffusers, names[1 if img2img else 0])
+            net = controlnets[0] if len(controlnets) == 1 else list(controlnets)
+            extra = {"safety_checker": None, "feature_extractor": None} if self.family in ("sd1", "sd2") else {}
+            pipe = cls.from_pipe(self.pipe, controlnet=net, **extra)
+            pipe.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
+            if len(self.control_pipes) > 8:  # other unit sets of a long-running server: keep the newest
+                self.control_pipes.pop(next(iter(self.control_pipes)))
+            self.control_pipes[key] = pipe
+        return self.control_pipes[key]
+
+
+#: The diffusers ControlNet pipelines per family: (text-to-image, image-to-image).
+CONTROL_PIPELINE_CLASSES = {
+    "sd1": ("StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline"),
+    "sd2": ("StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline"),
+    "sdxl": ("StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline"),
+}
 
 
 #: The diffusers inpainting pipeline per family (4-channel UNets, 16-channel SD3 transformers).

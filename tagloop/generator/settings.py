@@ -93,6 +93,8 @@ class GenerationSettings:
     out_dir: Path | None = None
     version: str | None = None
     infotext_file: Path | None = None
+    #: ControlNet units (:class:`tagloop.generator.control.ControlUnit`); empty: no ControlNet
+    control: list[Any] = field(default_factory=list)
 
     def pairs(self) -> list[tuple[str, str]]:
         """The (positive, negative) prompt pairs this request generates."""
@@ -113,6 +115,8 @@ class GeneratedImage:
     image: Any
     prompt: str = ""
     negative_prompt: str = ""
+    #: the ControlNet condition images (one per control unit; saved as ``<image stem>-controlK.png``)
+    conditions: list[Any] = field(default_factory=list)
 
 
 def make_settings(settings: GenerationSettings | None = None, **fields: Any) -> GenerationSettings:
@@ -179,6 +183,16 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
     if s.hires_upscaler not in ("latent", "lanczos"):
         raise _err(f"`hires_upscaler` must be latent or lanczos, not {s.hires_upscaler!r}.")
     _check_extras(s)
+    if s.control:
+        from .control import check_units
+
+        if not isinstance(s.control, (list, tuple)):
+            raise _err("`control` must be a list of ControlUnit values.")
+        check_units(s.control, family)
+        if s.hires:
+            raise _err("`control` with `hires_scale` is not supported yet; drop the hires fix (or generate at the larger size).")
+        if s.mask_image is not None:
+            raise _err("`control` with `mask_image` (inpainting) is not supported yet; drop the mask or the control units.")
     if s.sampler is not None or s.schedule_type is not None:
         name = s.sampler or _default_sampler(family)[0]
         try:
@@ -305,8 +319,15 @@ def read_prompt_json(path: str | Path, negative: str = "") -> list[tuple[str, st
     return out
 
 
-def settings_from_infotext(source: str | Path, base: GenerationSettings | None = None) -> GenerationSettings:
-    """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text."""
+def settings_from_infotext(
+    source: str | Path, base: GenerationSettings | None = None, saved_conditions: bool = True
+) -> GenerationSettings:
+    """Settings that re-create an A1111 image: from a PNG/JPEG/WebP with infotext, a text file, or the text.
+
+    ``ControlNet N`` entries become control units (the model by name); their control image is not in
+    the infotext: with ``saved_conditions``, an image's saved condition images (``<stem>-controlN.png``
+    beside it) are used as they are (module ``none``), else the units' images are left for the caller.
+    """
     from ..a1111.infotext import parse_infotext, read_image_metadata
     from ..a1111.samplers import resolve_sampler, sampler_from_infotext
 
@@ -361,8 +382,14 @@ def settings_from_infotext(source: str | Path, base: GenerationSettings | None =
     hires = num("Hires upscale", float)
     upscaler = str(params.get("Hires upscaler") or "Latent").lower()
     inpaint = _inpaint_from_infotext(params)
+    from .control import units_from_infotext, with_saved_conditions
+
+    control = units_from_infotext(params)
+    if control and saved_conditions and p is not None and p.suffix.lower() in INFOTEXT_IMAGE_EXTS:
+        control = with_saved_conditions(control, p)  # the condition images saved beside the image
     return replace(
         s,
+        control=control or list(s.control),
         **inpaint,
         tiling=str(params.get("Tiling", "")).strip().lower() == "true",
         prompt=str(params.get("Prompt", "")),

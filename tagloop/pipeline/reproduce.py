@@ -320,7 +320,7 @@ class Reproducer:
         names = [f"floor-{i}" for i in range(len(files))]
         outputs = self._outputs([str(f) for f in files], names, timings, "calibrate")
         self._floor = [(n, str(f), o) for n, f, o in zip(names, files, outputs)]
-        if self.clip is not None:
+        if True:  # the pictures themselves: for CLIP and the structure score
             imgs = []
             for f in files:
                 try:
@@ -338,6 +338,12 @@ class Reproducer:
         )
         if self.settings.img2img:
             fields.update(init_image=init if init is not None else _blank(), denoising_strength=float(self.settings.denoise))
+        if self.generation.control:  # ControlNet units without an image are conditioned on the source
+            source = getattr(self, "_control_source", None)
+            source = _blank() if source is None else source
+            fields["control"] = [
+                u if u.image is not None else dataclasses.replace(u, image=source) for u in self.generation.control
+            ]
         return dataclasses.replace(self.generation, **fields)
 
     def _generate(
@@ -471,16 +477,19 @@ class Reproducer:
         copies = ceiling_copies(rgb, self.settings.augment)
         outs = self._outputs(list(copies.values()), list(copies), timings, "calibrate")
         cos = self._clip(rgb, list(copies.values()), timings)
-        for (cid, _), o, c in zip(copies.items(), outs, cos):
-            report["images"][cid] = _image_entry("ceiling", None, cid, o, c)
+        edges = _structure(rgb, list(copies.values()), timings)
+        for (cid, _), o, c, e in zip(copies.items(), outs, cos, edges):
+            report["images"][cid] = _image_entry("ceiling", None, cid, o, c, e)
         floor = self._floor_images(timings)
+        floor_edges = _structure(rgb, [_flatten(im) if im is not None else None for im in self._floor_embed or []], timings)
+        floor_edges += [None] * (len(floor) - len(floor_edges))
         floor_cos: list[float | None] = [None] * len(floor)
         if self.clip is not None and self._floor_embed:
             ok = [(i, im) for i, im in enumerate(self._floor_embed) if im is not None]
             for (i, _), c in zip(ok, self._clip(rgb, [im for _, im in ok], timings)):
                 floor_cos[i] = c
-        for (fid, fpath, o), c in zip(floor, floor_cos):
-            report["images"][fid] = _image_entry("floor", None, fpath, o, c)
+        for (fid, fpath, o), c, e in zip(floor, floor_cos, floor_edges):
+            report["images"][fid] = _image_entry("floor", None, fpath, o, c, e)
 
     # -- one source -----------------------------------------------------------------------------
 
@@ -618,6 +627,7 @@ class Reproducer:
         self._calibrate(report, rgb, timings)
 
         init = rgb if self.settings.img2img else None
+        self._control_source = rgb  # the control image of units given without one
         weights = dict(self.prompt_settings.weights)
         negatives: list[str] = []
         changes: list[dict[str, Any]] = []
@@ -638,13 +648,16 @@ class Reproducer:
             good = [v for v in variants if v.error is None and v.image is not None]
             outs = self._outputs([v.image for v in good], [v.id for v in good], timings, "retag")
             cos = self._clip(rgb, [v.image for v in good], timings)
-            by_id = {v.id: (o, c) for v, o, c in zip(good, outs, cos)}
+            edges = _structure(rgb, [v.image for v in good], timings)
+            by_id = {v.id: (o, c, e) for v, o, c, e in zip(good, outs, cos, edges)}
             for v in variants:
-                o, c = by_id.get(v.id, ({}, None))
+                o, c, e = by_id.get(v.id, ({}, None, None))
                 error = v.error or o.get("error")
                 v.error = error
                 file = str(v.path.relative_to(folder)) if folder is not None and v.path is not None else None
-                report["images"][v.id] = _image_entry("variant", file, str(v.path) if v.path else v.id, {**o, "error": error}, c)
+                report["images"][v.id] = _image_entry(
+                    "variant", file, str(v.path) if v.path else v.id, {**o, "error": error}, c, None if error else e
+                )
                 report["variants"].append(
                     {"id": v.id, "round": r, "index": v.index, "seed": v.seed, "file": file, "error": error}
                 )
@@ -879,7 +892,9 @@ def rescore_folder(
     return done
 
 
-def _image_entry(kind: str, file: str | None, path: str, outputs: dict[str, Any], clip: float | None) -> dict[str, Any]:
+def _image_entry(
+    kind: str, file: str | None, path: str, outputs: dict[str, Any], clip: float | None, structure: float | None = None
+) -> dict[str, Any]:
     """One ``images`` entry of a report: raw outputs by scorer, or the error that stopped them."""
     return {
         "kind": kind,
@@ -888,7 +903,19 @@ def _image_entry(kind: str, file: str | None, path: str, outputs: dict[str, Any]
         "error": outputs.get("error"),
         "outputs": {k: v for k, v in outputs.items() if k != "error"},
         "clip_cosine": clip,
+        "structure": structure,
     }
+
+
+def _structure(source: Any, images: Sequence[Any], timings: dict[str, float]) -> list[float | None]:
+    """The structure score (:mod:`tagloop.report.structure`) of each image against the source (None: no image)."""
+    from ..report.structure import structure_score
+
+    t0 = time.perf_counter()
+    try:
+        return [None if im is None else structure_score(source, im) for im in images]
+    finally:
+        timings["structure"] = timings.get("structure", 0.0) + time.perf_counter() - t0
 
 
 def _remove_stale_temp_files(folder: Path) -> None:
@@ -955,4 +982,18 @@ def _generation_json(g: GenerationSettings, gen: Generator | None) -> dict[str, 
     out = {k: jsonable(getattr(g, k)) for k in keys}
     if gen is not None:
         out["model"] = gen.source.name
+    out["control"] = [
+        {
+            "module": u.module,
+            "model": str(u.model),
+            "weight": u.weight,
+            "guidance_start": u.guidance_start,
+            "guidance_end": u.guidance_end,
+            "resize_mode": u.resize_mode,
+            "low_threshold": u.low_threshold,
+            "high_threshold": u.high_threshold,
+            "image": "source" if u.image is None else str(u.image) if isinstance(u.image, (str, Path)) else "given",
+        }
+        for u in g.control
+    ]
     return out

@@ -124,15 +124,17 @@ def _calibration(report, source: ScoredTags, scorer: str, kind: str, options, se
     return {"mean": metric_stats(list(copies.values()))["mean"], "copies": copies}
 
 
-def _clip_calibration(report, kind: str) -> dict[str, Any] | None:
+def _clip_calibration(report, kind: str, field: str = "clip_cosine", metric: str = "cosine") -> dict[str, Any] | None:
     copies = {
-        i: {"cosine": im["clip_cosine"]}
-        for i, im in report["images"].items()
-        if im.get("kind") == kind and im.get("clip_cosine") is not None
+        i: {metric: im[field]} for i, im in report["images"].items() if im.get("kind") == kind and im.get(field) is not None
     }
     if not copies:
         return None
-    return {"mean": metric_stats(list(copies.values()), ("cosine",))["mean"], "copies": copies}
+    return {"mean": metric_stats(list(copies.values()), (metric,))["mean"], "copies": copies}
+
+
+#: Scorers with one number per image (not tag sets): scorer -> (image field, metric).
+SINGLE_METRIC_SCORERS = {"clip": ("clip_cosine", "cosine"), "structure": ("structure", "f1")}
 
 
 def score_report(report: dict[str, Any], options: TagOptions, settings: ScoreSettings) -> dict[str, Any]:
@@ -140,15 +142,18 @@ def score_report(report: dict[str, Any], options: TagOptions, settings: ScoreSet
     scorers = [s for s in TAGGER_SCORERS if (report["images"].get("source", {}).get("outputs") or {}).get(s) is not None]
     if any(im.get("clip_cosine") is not None for im in report["images"].values()):
         scorers.append("clip")
+    if any(im.get("structure") is not None for im in report["images"].values()):
+        scorers.append("structure")
     report["scorers"] = scorers
     report["source_tags"] = {}
     report["calibration"] = {}
     sources: dict[str, ScoredTags] = {}
     for scorer in scorers:
-        if scorer == "clip":
-            report["calibration"]["clip"] = {
-                "ceiling": _clip_calibration(report, "ceiling"),
-                "floor": _clip_calibration(report, "floor"),
+        if scorer in SINGLE_METRIC_SCORERS:
+            field, metric = SINGLE_METRIC_SCORERS[scorer]
+            report["calibration"][scorer] = {
+                "ceiling": _clip_calibration(report, "ceiling", field, metric),
+                "floor": _clip_calibration(report, "floor", field, metric),
             }
             continue
         raw = report["images"]["source"]["outputs"][scorer]
@@ -179,10 +184,11 @@ def score_report(report: dict[str, Any], options: TagOptions, settings: ScoreSet
     for variant in report["variants"]:
         variant["scores"] = {}
         for scorer in scorers:
-            if scorer == "clip":
-                cos = report["images"].get(variant["id"], {}).get("clip_cosine")
-                if cos is not None:
-                    variant["scores"]["clip"] = {"cosine": cos, "position": position(cos, *bounds("clip", "cosine"))}
+            if scorer in SINGLE_METRIC_SCORERS:
+                field, metric = SINGLE_METRIC_SCORERS[scorer]
+                value = report["images"].get(variant["id"], {}).get(field)
+                if value is not None:
+                    variant["scores"][scorer] = {metric: value, "position": position(value, *bounds(scorer, metric))}
                 continue
             other = _scored(report, variant["id"], scorer, options, settings)
             if other is None:
@@ -196,12 +202,12 @@ def score_report(report: dict[str, Any], options: TagOptions, settings: ScoreSet
         rows = [by_id[i] for i in rnd["variants"] if i in by_id]
         rnd["mean"], rnd["std"] = {}, {}
         for scorer in scorers:
-            metrics = ("cosine",) if scorer == "clip" else METRICS
+            metrics = (SINGLE_METRIC_SCORERS[scorer][1],) if scorer in SINGLE_METRIC_SCORERS else METRICS
             stats = metric_stats([r["scores"][scorer] for r in rows if scorer in r["scores"]], metrics)
             rnd["mean"][scorer], rnd["std"][scorer] = stats["mean"], stats["std"]
     report["summary"] = {}
     for scorer in scorers:
-        metrics = ("cosine",) if scorer == "clip" else METRICS
+        metrics = (SINGLE_METRIC_SCORERS[scorer][1],) if scorer in SINGLE_METRIC_SCORERS else METRICS
         report["summary"][scorer] = metric_stats(
             [v["scores"][scorer] for v in report["variants"] if scorer in v["scores"]], metrics
         )

@@ -45,6 +45,8 @@ TAGGER_METRICS: tuple[tuple[str, str, str], ...] = (
 )
 #: The metrics of the CLIP scorer.
 CLIP_METRICS: tuple[tuple[str, str, str], ...] = (("cosine", "cos", "cosine"),)
+#: The structure score (Canny edge F1 against the source, tagloop.report.structure).
+STRUCTURE_METRICS: tuple[tuple[str, str, str], ...] = (("f1", "edge F1", "edge F1 against the source"),)
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
@@ -204,12 +206,14 @@ def _class_token(value: Any) -> str:
 
 def _metrics_for(scorer: str) -> tuple[tuple[str, str, str], ...]:
     """The metric columns of one scorer: ``clip`` has only the cosine, every tagger scorer the full set."""
+    if scorer == "structure":
+        return STRUCTURE_METRICS
     return CLIP_METRICS if scorer == "clip" else TAGGER_METRICS
 
 
 def _tagger_scorers(scorers: Sequence[str]) -> list[str]:
-    """The scorers that tag (everything but ``clip``)."""
-    return [s for s in scorers if s != "clip"]
+    """The scorers that tag (everything but ``clip`` and ``structure``)."""
+    return [s for s in scorers if s not in ("clip", "structure")]
 
 
 def _page(title: str, body: str) -> str:
@@ -408,7 +412,7 @@ def _variants_table(report: Mapping[str, Any], thumbs: _Thumbs) -> str:
                 cells.append(_num_td(sc.get(key), f' data-scorer="{_e(scorer)}" data-metric="{key}"'))
             for key, _short, _full in metrics:
                 # clip's position is one number, a tagger scorer's one per metric
-                value = sc.get("position") if scorer == "clip" and not pos else pos.get(key)
+                value = sc.get("position") if scorer in ("clip", "structure") and not pos else pos.get(key)
                 cells.append(_num_td(value, f' data-scorer="{_e(scorer)}" data-metric="position.{key}"'))
         best = ' class="best"' if vid is not None and vid == best_id else ""
         rows.append(f'<tr data-variant-id="{_e(vid)}"{best}>{"".join(cells)}</tr>')
@@ -500,6 +504,9 @@ def _variant_cards(report: Mapping[str, Any], thumbs: _Thumbs) -> str:
             sc = _dict(scores.get(scorer))
             if scorer == "clip":
                 blocks.append(f"<h4>clip</h4><p>cosine {_fmt(sc.get('cosine'))} · position {_fmt(sc.get('position'))}</p>")
+                continue
+            if scorer == "structure":
+                blocks.append(f"<h4>structure</h4><p>edge F1 {_fmt(sc.get('f1'))} · position {_fmt(sc.get('position'))}</p>")
                 continue
             pos = _dict(sc.get("position"))
             line = " · ".join(f"{_e(full)} {_fmt(sc.get(key))} ({_fmt(pos.get(key))})" for key, _s, full in TAGGER_METRICS)

@@ -499,6 +499,9 @@ def parse_generation_request(
 
     override = values.get("override_settings") or {}
     fields = _map_fields(values, override, options or {}, img2img=img2img)
+    control = control_units(values.get("alwayson_scripts") or {})
+    if control:
+        fields["control"] = control
 
     parameters = copy.deepcopy(values)
     if img2img and not values.get("include_init_images"):
@@ -566,11 +569,12 @@ def _check_neutral(v: dict[str, Any], *, img2img: bool, sampler: str) -> None:
             "script_name", f"`script_name` {v['script_name']!r} is not a script tagloop has (it has none); leave it out."
         )
     scripts = v.get("alwayson_scripts") or {}
-    if scripts:
-        name = next(iter(scripts))
-        what = "ControlNet is not supported yet" if str(name).lower() == "controlnet" else "tagloop has no extension scripts"
+    for name in scripts:
+        if str(name).lower() == "controlnet":
+            continue  # mapped to `control` units (control_units)
         raise _unsupported(
-            f"alwayson_scripts.{str(name).lower()}", f"`alwayson_scripts` {name!r}: {what}; leave `alwayson_scripts` empty."
+            f"alwayson_scripts.{str(name).lower()}",
+            f"`alwayson_scripts` {name!r}: tagloop has no such extension script (only controlnet); leave it out.",
         )
     if not img2img:
         for key in ("firstphase_width", "firstphase_height"):
@@ -695,6 +699,68 @@ def _map_img2img(v: dict[str, Any], fields: dict[str, Any]) -> None:
     for key, value in inpaint.items():
         if key in _settings_fields():
             fields[key] = value
+
+
+def control_units(scripts: dict[str, Any]) -> list:
+    """sd-webui-controlnet's ``alwayson_scripts.controlnet.args`` as :class:`ControlUnit` values (enabled
+    units only; images still base64 text, decoded by the server). An unsupported module is a 422 naming it."""
+    from ..generator.control import ANNOTATOR_WEIGHTS, ControlUnit, normal_module, resize_mode_from
+    from ..generator.settings import SettingsError
+
+    block = next((b for k, b in scripts.items() if str(k).lower() == "controlnet"), None)
+    if block is None:
+        return []
+    args = block.get("args") if isinstance(block, dict) else block
+    if not isinstance(args, list):
+        raise RequestFieldError("alwayson_scripts.controlnet.args", "`alwayson_scripts.controlnet.args` must be a list of units.")
+    units = []
+    for i, a in enumerate(args):
+        where = f"alwayson_scripts.controlnet.args[{i}]"
+        if not isinstance(a, dict):
+            raise RequestFieldError(where, f"`{where}` must be an object (a ControlNet unit).")
+        if a.get("enabled") is False:
+            continue
+        module = normal_module(a.get("module") or "none")
+        if module in ANNOTATOR_WEIGHTS or module not in ("canny", "none"):
+            need = f" (it needs {ANNOTATOR_WEIGHTS[module]})" if module in ANNOTATOR_WEIGHTS else ""
+            raise _unsupported(
+                f"{where}.module", f"ControlNet module {a.get('module')!r} is not supported by tagloop{need}; use canny or none."
+            )
+        image = a.get("image", a.get("input_image"))
+        if isinstance(image, dict):
+            image = image.get("image")
+        if not isinstance(image, str) or not image:
+            raise RequestFieldError(f"{where}.image", f"`{where}.image` must be a base64-encoded control image.")
+        mode = a.get("control_mode", 0)
+        if mode not in (0, "Balanced", None):
+            raise _unsupported(f"{where}.control_mode", f"control mode {mode!r} is not supported by tagloop; send Balanced (0).")
+        try:
+            resize = resize_mode_from(a.get("resize_mode", "Crop and Resize"))
+        except SettingsError as e:
+            raise RequestFieldError(f"{where}.resize_mode", str(e)) from None
+
+        def num(key: str, default: float, low: float = 0.0) -> float:
+            value = a.get(key)
+            if value is None or (isinstance(value, (int, float)) and value < low):
+                return default  # the extension's -1 means "the module's default"
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RequestFieldError(f"{where}.{key}", f"`{where}.{key}` must be a number, not {value!r}.")
+            return float(value)
+
+        units.append(
+            ControlUnit(
+                module=module,
+                image=image,
+                model=str(a.get("model") or ""),
+                weight=num("weight", 1.0),
+                guidance_start=num("guidance_start", 0.0),
+                guidance_end=num("guidance_end", 1.0),
+                resize_mode=resize,
+                low_threshold=num("threshold_a", 100.0),
+                high_threshold=num("threshold_b", 200.0),
+            )
+        )
+    return units
 
 
 _HIRES_UPSCALERS = {"latent": "latent", "lanczos": "lanczos"}

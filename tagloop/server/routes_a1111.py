@@ -172,6 +172,18 @@ async def generate(request: Request, body: Json, *, img2img: bool) -> Json:
         fields["init_image"] = await run_in_threadpool(decode_image, fields.get("init_image"), limits.max_pixels, "init_images")
         if fields.get("mask_image") is not None:
             fields["mask_image"] = await run_in_threadpool(decode_image, fields["mask_image"], limits.max_pixels, "mask", None)
+    if fields.get("control"):
+        import dataclasses
+
+        fields["control"] = [
+            dataclasses.replace(
+                u,
+                image=await run_in_threadpool(
+                    decode_image, u.image, limits.max_pixels, f"alwayson_scripts.controlnet.args[{i}].image", None
+                ),
+            )
+            for i, u in enumerate(fields["control"])
+        ]
     if fields.get("seed") is None or int(fields.get("seed", -1)) == -1:
         fields["seed"] = random.randint(0, MAX_SEED)  # fixed now, so the info and the images agree
     try:

@@ -70,6 +70,8 @@ class ServerSettings:
     comfyui_dir: str | Path | None = None
     lora_dirs: list[str | Path] = field(default_factory=list)
     embeddings_dirs: list[str | Path] = field(default_factory=list)
+    #: folders of ControlNet models named by ``alwayson_scripts.controlnet`` units (A1111/ComfyUI folders too)
+    controlnet_dirs: list[str | Path] = field(default_factory=list)
     vae: str | Path | None = None
     generator_config: str | Path | None = None
     allow_pickle: bool = False

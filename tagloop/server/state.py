@@ -250,6 +250,7 @@ class ServerState:
                     dtype=s.dtype,
                     allow_pickle=s.allow_pickle,
                     config=s.generator_config,
+                    controlnet_dirs=getattr(s, "controlnet_dirs", ()),
                     progress=False,
                 )
             return self._generator

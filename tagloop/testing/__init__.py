@@ -26,6 +26,8 @@ _BUILDERS = {
     "save_tiny_embedding": "tagloop.testing.diffusion",
     "write_config_folder": "tagloop.testing.diffusion",
     "save_tiny_clip": "tagloop.testing.clip",
+    "save_tiny_controlnet": "tagloop.testing.control",
+    "build_tiny_controlnet": "tagloop.testing.control",
 }
 
 __all__ = list(_BUILDERS)
