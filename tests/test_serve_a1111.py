@@ -395,3 +395,9 @@ def test_tiling_and_inpainting_through_img2img(srv):
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], src[outside])  # A1111's overlay: unmasked pixels are the original's
     assert np.abs(out[~outside] - src[~outside]).mean() > 1
+
+
+def test_controlnet_listing_routes(srv):
+    assert requests.get(srv.url + "/controlnet/version").json() == {"version": 2}
+    assert "canny" in requests.get(srv.url + "/controlnet/module_list").json()["module_list"]
+    assert requests.get(srv.url + "/controlnet/model_list").json() == {"model_list": []}

@@ -160,6 +160,7 @@ def create_app(settings: ServerSettings | None = None, *, state: ServerState | N
         return JSONResponse(error_body(exc, 500), status_code=500)
 
     app.include_router(routes_a1111.router)
+    app.include_router(routes_a1111.controlnet_router)
     app.include_router(routes_tagger.router)
     app.include_router(routes_tagloop.router)
     routes_tagloop.mount_page(app)

@@ -516,3 +516,39 @@ def memory() -> Json:
         free, total = torch.cuda.mem_get_info()
         out["cuda"] = {"system": {"free": free, "total": total, "used": total - free}}
     return out
+
+
+# -- sd-webui-controlnet's listing routes -----------------------------------------------------------
+
+controlnet_router = APIRouter(prefix="/controlnet", tags=["sd-webui-controlnet"])
+
+
+@controlnet_router.get("/version")
+def controlnet_version() -> Json:
+    return {"version": 2}
+
+
+@controlnet_router.get("/model_list")
+def controlnet_model_list(request: Request, update: bool = True) -> Json:
+    """ControlNet files in the server's ControlNet folders, named as the extension lists them (``name [hash]``)."""
+    from ..a1111.hashes import legacy_model_hash
+    from ..generator.control import CONTROL_EXTS
+    from ..generator.locate import list_named_files, search_dirs
+
+    s = _state(request).settings
+    dirs = search_dirs("controlnet", s.controlnet_dirs, s.a1111_dir, s.comfyui_dir)
+    names = []
+    for name, path in list_named_files(dirs, CONTROL_EXTS).items():
+        try:
+            names.append(f"{name} [{legacy_model_hash(path)}]")
+        except OSError:
+            names.append(name)
+    return {"model_list": sorted(names)}
+
+
+@controlnet_router.get("/module_list")
+def controlnet_module_list(alias_names: bool = False) -> Json:
+    """The preprocessors tagloop runs itself (others need annotator weights)."""
+    from ..generator.control import MODULES
+
+    return {"module_list": list(MODULES)}

@@ -59,6 +59,8 @@ def _build(settings: ServerSettings, log_level: str, state: Any = None):
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=int(GRACE_SECONDS + 5),
+        # longer than Retry-After: a client that waits and resends on its kept-alive connection finds it open
+        timeout_keep_alive=state.worker.retry_after + 25,
         limit_concurrency=max(64, settings.queue_size * 4),
     )
     server = _server_class()(config)

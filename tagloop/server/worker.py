@@ -166,7 +166,8 @@ class Worker:
             return {"queued": len(self._queue), "running": list(self._current), "closed": self._closed, **self.stats}
 
     def _retry(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        # a new connection for the retry: no resend can meet a kept-alive connection the server is closing
+        return {"Retry-After": str(self.retry_after), "Connection": "close"}
 
     # -- the worker side ---------------------------------------------------------------------------
 
