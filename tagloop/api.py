@@ -316,7 +316,8 @@ def reproduce(
     :class:`TagOptions` (``threshold``...), :class:`PromptSettings` (``preset``, ``filter_files``,
     ``max_tags``...), :class:`GenerationSettings` (``steps``, ``sampler``, ``width``...) and
     :class:`~tagloop.pipeline.reproduce.ReproduceSettings` (``img2img``, ``denoise``, ``floor``,
-    ``groups``...). With ``out_dir`` the files of ``tagloop reproduce`` are written (and a re-run
+    ``groups``, ``compare_styles=("tags", "sentence")``: round 0 with every style, same seeds, in the
+    report's ``styles``...). With ``out_dir`` the files of ``tagloop reproduce`` are written (and a re-run
     resumes); without it nothing is written and ``result.variants[i].image`` holds the pictures.
     """
     import dataclasses
@@ -330,6 +331,10 @@ def reproduce(
         tagger, judge_tagger, clip_model, device, settings
     )
     gen = generator if isinstance(generator, GeneratorClass) else load_generator(generator, device=device, progress=False)
+    if isinstance(loop.get("compare_styles"), str):  # "tags,sentence" as on the command line
+        loop["compare_styles"] = tuple(x.strip() for x in loop["compare_styles"].split(",") if x.strip())
+    elif isinstance(loop.get("compare_styles"), list):
+        loop["compare_styles"] = tuple(loop["compare_styles"])
     loop_settings = ReproduceSettings(variants=variants, refine=refine, seed=seed, **loop)
     rep = Reproducer(
         tagger_obj,

@@ -179,10 +179,18 @@ def _summary_line(result) -> str:
     show_default=True,
     help="img2img denoising strength (A1111's step rule).",
 )
+@click.option(
+    "--compare-styles",
+    default=None,
+    metavar="STYLE,...",
+    help="Also generate round 0 with these prompt styles (tags, sentence, llm), same seeds, and compare them in the report.",
+)
 @click.option("--recursive", "-r", is_flag=True, help="Walk folders recursively.")
 @_loop_options
 @handle_errors
-def reproduce_command(sources, model, out_dir, variants, refine, seed, img2img, denoise, recursive, **opts) -> None:
+def reproduce_command(
+    sources, model, out_dir, variants, refine, seed, img2img, denoise, compare_styles, recursive, **opts
+) -> None:
     """Reproduce pictures: tag, compose a prompt, generate variants, tag them again, score and report.
 
     Per source OUT/<stem>/ gets source.png, prompt.json, variants/*.png (A1111 infotext),
@@ -195,6 +203,7 @@ def reproduce_command(sources, model, out_dir, variants, refine, seed, img2img, 
           --model anything-v5.safetensors --variants 4 --refine 2 --seed 42 --out runs/
       tagloop reproduce pictures/ --tagger SmilingWolf/wd-swinv2-tagger-v3 --model sd15.safetensors \\
           --judge-tagger deepdanbooru --floor unrelated/ --img2img --denoise 0.6
+      tagloop reproduce art.png --model sd15.safetensors --compare-styles tags,sentence --seed 42
     """
     from ..errors import InputError
     from ..pipeline.reproduce import Reproducer, ReproduceSettings
@@ -218,6 +227,7 @@ def reproduce_command(sources, model, out_dir, variants, refine, seed, img2img, 
         denoise=denoise,
         floor=opts.get("floor_dir"),
         groups=opts.get("groups_file"),
+        compare_styles=tuple(x.strip() for x in (compare_styles or "").split(",") if x.strip()),
     )
     settings.check()
     prompt_settings = _prompt_settings(opts)

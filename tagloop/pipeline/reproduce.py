@@ -87,6 +87,9 @@ class ReproduceSettings:
     #: report still scores against the source's tags. None: the composed prompt.
     prompt: str | None = None
     negative_prompt: str | None = None
+    #: prompt styles (``tags``, ``sentence``, ``llm``) whose round-0 prompts are also generated with the
+    #: same seeds and scored, in the report's ``styles`` section (the run's own style is always one).
+    compare_styles: tuple[str, ...] = ()
 
     def check(self) -> None:
         from ..report.calibrate import AUGMENTS
@@ -110,6 +113,13 @@ class ReproduceSettings:
             raise InputError(f"`augment` {unknown}: known copies are {', '.join(AUGMENTS)}.")
         if self.floor is not None and not Path(self.floor).is_dir():
             raise InputError(f"`floor` {self.floor} is not a folder; give a folder of unrelated pictures.")
+        if isinstance(self.compare_styles, str) or not all(isinstance(x, str) for x in self.compare_styles):
+            raise InputError(f"`compare_styles` must be a list of prompt styles, not {self.compare_styles!r}.")
+        from ..prompt.sentence import PROMPT_STYLES
+
+        bad = [x for x in self.compare_styles if x not in PROMPT_STYLES]
+        if bad:
+            raise InputError(f"`compare_styles` {', '.join(map(repr, bad))}: known styles are {', '.join(PROMPT_STYLES)}.")
 
 
 @dataclass
@@ -117,7 +127,7 @@ class VariantResult:
     """One variant: its id, round, seed, file (None without an output folder), error and scores."""
 
     id: str
-    round: int
+    round: int | None  # None: a compared prompt style's variant (``style``)
     index: int
     seed: int
     path: Path | None
@@ -260,6 +270,10 @@ class Reproducer:
         self.filters = FilterSettings(**resolve_settings(self.prompt_settings)[0].filter_fields())
         self.settings = settings or ReproduceSettings()
         self.settings.check()
+        if "llm" in self.settings.compare_styles:
+            eff = resolve_settings(dataclasses.replace(self.prompt_settings, prompt_style="llm"))[0]
+            if eff.llm is None:
+                raise InputError("`compare_styles` llm needs a language model: give `llm` (--llm) too.")
         self.groups = load_groups(self.settings.groups)
         self.generation = generation or GenerationSettings()
         self.seed = self.settings.seed if self.settings.seed != -1 else random.randint(0, MAX_SEED - self.settings.variants)
@@ -347,19 +361,29 @@ class Reproducer:
         return dataclasses.replace(self.generation, **fields)
 
     def _generate(
-        self, rnd: int, composed: ComposedPrompt, folder: Path | None, init: Any, timings: dict[str, float]
+        self,
+        rnd: int,
+        composed: ComposedPrompt,
+        folder: Path | None,
+        init: Any,
+        timings: dict[str, float],
+        prefix: str | None = None,
     ) -> list[VariantResult]:
-        """The round's variants: read back from ``folder`` when a file has this round's prompt, else generated."""
+        """The round's variants: read back from ``folder`` when a file has this round's prompt, else generated.
+
+        ``prefix``: the ids' first part (default ``r{rnd}``; ``s-{style}`` for a compared prompt style).
+        """
         from ..a1111.infotext import save_png
 
         n = self.settings.variants
+        prefix = prefix or f"r{rnd}"
         variants = [
             VariantResult(
-                f"r{rnd}-{i:05d}-{self.seed + i}",
+                f"{prefix}-{i:05d}-{self.seed + i}",
                 rnd,
                 i,
                 self.seed + i,
-                (folder / "variants" / f"r{rnd}-{i:05d}-{self.seed + i}.png") if folder else None,
+                (folder / "variants" / f"{prefix}-{i:05d}-{self.seed + i}.png") if folder else None,
             )
             for i in range(n)
         ]
@@ -399,6 +423,70 @@ class Reproducer:
                     save_png(im.image, v.path, im.infotext)
         timings["generate"] = timings.get("generate", 0.0) + time.perf_counter() - t0
         return variants
+
+    def _add_variants(
+        self,
+        report: dict[str, Any],
+        variants: list[VariantResult],
+        folder: Path | None,
+        rgb: Any,
+        timings: dict[str, float],
+        fields: dict[str, Any],
+    ) -> None:
+        """Re-tag ``variants`` and add their ``images`` and ``variants`` entries (``fields``: round or style)."""
+        good = [v for v in variants if v.error is None and v.image is not None]
+        outs = self._outputs([v.image for v in good], [v.id for v in good], timings, "retag")
+        cos = self._clip(rgb, [v.image for v in good], timings)
+        edges = _structure(rgb, [v.image for v in good], timings)
+        by_id = {v.id: (o, c, e) for v, o, c, e in zip(good, outs, cos, edges)}
+        for v in variants:
+            o, c, e = by_id.get(v.id, ({}, None, None))
+            error = v.error or o.get("error")
+            v.error = error
+            file = str(v.path.relative_to(folder)) if folder is not None and v.path is not None else None
+            report["images"][v.id] = _image_entry(
+                "variant", file, str(v.path) if v.path else v.id, {**o, "error": error}, c, None if error else e
+            )
+            report["variants"].append({"id": v.id, **fields, "index": v.index, "seed": v.seed, "file": file, "error": error})
+
+    def _compare_styles(
+        self,
+        report: dict[str, Any],
+        primary: TagResult,
+        composed: ComposedPrompt,
+        folder: Path | None,
+        init: Any,
+        rgb: Any,
+        timings: dict[str, float],
+        variants_all: list[VariantResult],
+    ) -> None:
+        """Round 0 again for every other prompt style (same seeds, same scorers): the report's ``styles`` section.
+
+        The run's own style is round 0 itself; refinement rounds go on from it only. The means and
+        bests are :func:`~tagloop.report.build.score_report`'s (so ``tagloop report`` re-scores them).
+        """
+        from ..prompt.composer import compose_prompt
+
+        base = composed.prompt_style
+        first = report["rounds"][0]
+        styles: dict[str, Any] = {
+            base: {"prompt": first["positive"], "negative": first["negative"], "variants": list(first["variants"])}
+        }
+        for style in self.settings.compare_styles:
+            if style in styles:
+                continue
+            t0 = time.perf_counter()
+            styled = compose_prompt(primary, dataclasses.replace(self.prompt_settings, prompt_style=style))
+            timings["compose"] = timings.get("compose", 0.0) + time.perf_counter() - t0
+            self.echo(f"  style {style}: generating {self.settings.variants} variant(s)")
+            variants = self._generate(0, styled, folder, init, timings, prefix=f"s-{style}")
+            for v in variants:
+                v.round = None  # not a round: a style of round 0
+            self._add_variants(report, variants, folder, rgb, timings, {"round": None, "style": style})
+            variants_all.extend(variants)
+            styles[style] = {"prompt": styled.positive, "negative": styled.negative, "variants": [v.id for v in variants]}
+        report["styles"] = {"base": base, "best": None, "by_style": styles}
+        self._score(report)
 
     def _reuse(self, variant: VariantResult, composed: ComposedPrompt) -> bool:
         """A variant file of an interrupted run with this round's prompt and seed: read it back."""
@@ -499,7 +587,7 @@ class Reproducer:
         if gen is not None:
             src = gen.source
             gen_info = {"source": str(src.path or src.repo_id or src.name), "family": gen.family, "sha256": _sha256(src.path)}
-        return {
+        report = {
             "schema_version": SCHEMA_VERSION,
             "kind": KIND,
             "tagloop_version": _version(),
@@ -541,6 +629,9 @@ class Reproducer:
             "variants": [],
             "timings": {},
         }
+        if self.settings.compare_styles:
+            report["settings"]["compare_styles"] = list(self.settings.compare_styles)
+        return report
 
     def _score(self, report: dict[str, Any]) -> dict[str, Any]:
         settings = ScoreSettings(filters=self.filters, exclude=frozenset(report["excluded"]), groups=self.groups)
@@ -645,22 +736,7 @@ class Reproducer:
                 round_composed = compose_prompt(primary, settings_r)
             self.echo(f"  round {r}: generating {self.settings.variants} variant(s)")
             variants = self._generate(r, round_composed, folder, init, timings)
-            good = [v for v in variants if v.error is None and v.image is not None]
-            outs = self._outputs([v.image for v in good], [v.id for v in good], timings, "retag")
-            cos = self._clip(rgb, [v.image for v in good], timings)
-            edges = _structure(rgb, [v.image for v in good], timings)
-            by_id = {v.id: (o, c, e) for v, o, c, e in zip(good, outs, cos, edges)}
-            for v in variants:
-                o, c, e = by_id.get(v.id, ({}, None, None))
-                error = v.error or o.get("error")
-                v.error = error
-                file = str(v.path.relative_to(folder)) if folder is not None and v.path is not None else None
-                report["images"][v.id] = _image_entry(
-                    "variant", file, str(v.path) if v.path else v.id, {**o, "error": error}, c, None if error else e
-                )
-                report["variants"].append(
-                    {"id": v.id, "round": r, "index": v.index, "seed": v.seed, "file": file, "error": error}
-                )
+            self._add_variants(report, variants, folder, rgb, timings, {"round": r})
             rnd = {
                 "round": r,
                 "positive": round_composed.positive,
@@ -677,6 +753,8 @@ class Reproducer:
                 stop_reason = f"round {r}'s mean F1 ({mean:.3f}) is not above the best before it ({best_mean:.3f})"
                 break
             best_mean = max(best_mean, mean)
+            if r == 0 and self.settings.compare_styles:
+                self._compare_styles(report, primary, composed, folder, init, rgb, timings, variants_all)
             if r < self.settings.refine:
                 changes = self._refine(report, rnd, round_composed, weights, negatives)
                 if not changes:
@@ -728,9 +806,11 @@ class Reproducer:
         for stem in stems:
             for f in ("source.png", "prompt.json", "report.json", "report.html"):
                 planned.append((f"{stem}/{f}", out / stem / f))
-            for r in range(self.settings.refine + 1):
+            prefixes = [f"r{r}" for r in range(self.settings.refine + 1)]
+            prefixes += [f"s-{style}" for style in dict.fromkeys(self.settings.compare_styles)]
+            for prefix in prefixes:
                 for i, seed in enumerate(seeds):
-                    planned.append((f"{stem} variant", out / stem / "variants" / f"r{r}-{i:05d}-{seed}.png"))
+                    planned.append((f"{stem} variant", out / stem / "variants" / f"{prefix}-{i:05d}-{seed}.png"))
         check_outputs(planned, inputs)
         results: list[ReproduceResult] = []
         entries = []

@@ -205,13 +205,26 @@ def score_report(report: dict[str, Any], options: TagOptions, settings: ScoreSet
             metrics = (SINGLE_METRIC_SCORERS[scorer][1],) if scorer in SINGLE_METRIC_SCORERS else METRICS
             stats = metric_stats([r["scores"][scorer] for r in rows if scorer in r["scores"]], metrics)
             rnd["mean"][scorer], rnd["std"][scorer] = stats["mean"], stats["std"]
+    styles = (report.get("styles") or {}).get("by_style") or {}
+    for entry in styles.values():  # a compared prompt style: its mean like a round's, and its best variant
+        rows = [by_id[i] for i in entry["variants"] if i in by_id]
+        entry["mean"], entry["std"] = {}, {}
+        for scorer in scorers:
+            metrics = (SINGLE_METRIC_SCORERS[scorer][1],) if scorer in SINGLE_METRIC_SCORERS else METRICS
+            stats = metric_stats([r["scores"][scorer] for r in rows if scorer in r["scores"]], metrics)
+            entry["mean"][scorer], entry["std"][scorer] = stats["mean"], stats["std"]
+        entry["best"] = best_variant({"variants": rows, "calibration": report.get("calibration")})
+    if styles:
+        means = {k: (e["mean"].get("tagger") or {}).get("f1") for k, e in styles.items()}
+        scored = [k for k, m in means.items() if m is not None]
+        report["styles"]["best"] = max(scored, key=lambda k: means[k]) if scored else None  # ties: the first
+    # the run's own summary and best: its rounds' variants (a compared style's are in ``styles``)
+    own = [v for v in report["variants"] if not v.get("style")]
     report["summary"] = {}
     for scorer in scorers:
         metrics = (SINGLE_METRIC_SCORERS[scorer][1],) if scorer in SINGLE_METRIC_SCORERS else METRICS
-        report["summary"][scorer] = metric_stats(
-            [v["scores"][scorer] for v in report["variants"] if scorer in v["scores"]], metrics
-        )
-    report["best"] = best_variant(report)
+        report["summary"][scorer] = metric_stats([v["scores"][scorer] for v in own if scorer in v["scores"]], metrics)
+    report["best"] = best_variant({**report, "variants": own})
     return report
 
 

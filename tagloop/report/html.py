@@ -399,7 +399,7 @@ def _variants_table(report: Mapping[str, Any], thumbs: _Thumbs) -> str:
         error = _variant_error(report, v)
         cells = [
             f"<td>{thumbs.img(_variant_file(report, v), f'variant {vid}')}</td>",
-            f'<td class="vid" data-value="{_e(vid)}"><a href="#card-{_e(vid)}"><code>{_e(vid)}</code></a></td>',
+            f'<td class="vid" data-value="{_e(vid)}"><a href="#card-{_e(vid)}"><code>{_e(vid)}</code></a>{_style_label(v)}</td>',
             f'<td class="num" data-value="{_raw(v.get("round"))}">{_fmt_int(v.get("round"))}</td>',
             f'<td class="num" data-value="{_raw(v.get("seed"))}">{_fmt_int(v.get("seed"))}</td>',
             f'<td class="error" data-value="{_e(error)}">{_e(error)}</td>',
@@ -486,6 +486,52 @@ def _groups_table(groups: Mapping[str, Any]) -> str:
     return f'<table class="groups"><tbody>{"".join(rows)}</tbody></table>'
 
 
+def _style_label(variant: Mapping[str, Any]) -> str:
+    """A compared prompt style's variant: its style beside its id (nothing for a round's variant)."""
+    style = variant.get("style")
+    return f' <span class="meta style-label" data-style="{_e(style)}">{_e(style)}</span>' if style else ""
+
+
+def _round_or_style(variant: Mapping[str, Any]) -> str:
+    style = variant.get("style")
+    return f"style {_e(style)}" if style else f"round {_fmt_int(variant.get('round'))}"
+
+
+def _styles_section(report: Mapping[str, Any]) -> str:
+    """``--compare-styles``: one row per prompt style (the same seeds), its prompt and mean scores."""
+    styles = _dict(report.get("styles"))
+    by_style = _dict(styles.get("by_style"))
+    if not by_style:
+        return ""
+    rows = []
+    for name, entry in by_style.items():
+        e = _dict(entry)
+        mean = _dict(_dict(e.get("mean")).get("tagger"))
+        best = _dict(e.get("best"))
+        mark = ' class="best"' if name == styles.get("best") else ""
+        base = " (the run's)" if name == styles.get("base") else ""
+        cells = (
+            ("f1", mean.get("f1")),
+            ("recall", mean.get("recall")),
+            ("precision", mean.get("precision")),
+            ("best_f1", best.get("f1")),
+        )
+        rows.append(
+            f'<tr data-style="{_e(name)}"{mark}><td>{_e(name)}{_e(base)}</td>'
+            f'<td><pre class="prompt">{_e(e.get("prompt"))}</pre></td>'
+            + "".join(_num_td(value, f' data-metric="{key}"') for key, value in cells)
+            + f"<td>{len(_list(e.get('variants')))}</td></tr>"
+        )
+    return (
+        '<section id="styles">\n<h2>Prompt styles</h2>\n'
+        f'<p class="meta">Round 0 with each prompt style, the same seeds; best on mean F1: {_e(styles.get("best"))}. '
+        "Refinement rounds continue from the run's own style.</p>\n"
+        '<div class="scroll"><table id="styles-table"><thead><tr><th>style</th><th>prompt</th><th>mean F1</th>'
+        "<th>mean recall</th><th>mean precision</th><th>best F1</th><th>variants</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>\n</section>"
+    )
+
+
 def _variant_cards(report: Mapping[str, Any], thumbs: _Thumbs) -> str:
     """A card per variant: source beside variant, the scores in words, missing and spurious tags, groups."""
     variants = [_dict(v) for v in _list(report.get("variants"))]
@@ -525,7 +571,7 @@ def _variant_cards(report: Mapping[str, Any], thumbs: _Thumbs) -> str:
         best = " best" if vid is not None and vid == best_id else ""
         cards.append(
             f'<article class="variant-card{best}" id="card-{_e(vid)}" data-variant-card="{_e(vid)}">'
-            f'<h3><code>{_e(vid)}</code> <span class="meta">round {_fmt_int(v.get("round"))} · seed '
+            f'<h3><code>{_e(vid)}</code> <span class="meta">{_round_or_style(v)} · seed '
             f"{_fmt_int(v.get('seed'))}{' · best' if best else ''}</span></h3>"
             f'<div class="pair"><figure>{thumbs.img(source_file, "source image")}<figcaption>source</figcaption></figure>'
             f"<figure>{thumbs.img(_variant_file(report, v), f'variant {vid}')}<figcaption>{_e(vid)}</figcaption></figure></div>"
@@ -780,6 +826,7 @@ def render_report_html(report: dict, base_dir: Path | str) -> str:
         _header(report),
         _source_section(report, thumbs),
         _summary_section(report, thumbs) if report.get("variants") or report.get("best") else "",
+        _styles_section(report),
         _variants_table(report, thumbs),
         _rounds_chart(report),
         _calibration_section(report) if report.get("calibration") else "",
