@@ -386,3 +386,32 @@ def test_serve_command_reads_its_options_and_the_config_table(loop_models, tmp_p
     assert r.exit_code == 2 and "--tagger" in r.output
     r = CliRunner().invoke(main, ["serve", "--tagger", str(dd), "--api-auth", "nocolon"])
     assert r.exit_code == 2 and "api_auth" in r.output
+
+
+def test_a_client_that_goes_away_stops_its_running_generation(srv):
+    state = srv.state
+    requests.post(srv.url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 1})  # loaded
+    host, port = srv.url.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": "x", "width": 64, "height": 64, "steps": 150, "seed": 1}).encode()
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    job = None
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        running = state.worker.snapshot()["running"]
+        if running and running[0].step >= 2:
+            job = running[0]
+            break
+        time.sleep(0.01)
+    assert job is not None and job.steps == 150
+    sock.close()  # the client goes away mid-generation
+    deadline = time.time() + 30
+    while job.state == "running" and time.time() < deadline:
+        time.sleep(0.02)
+    assert job.state in ("done", "cancelled") and job.stopping
+    assert job.step < 150  # it stopped early instead of sampling all 150 steps for nobody
+    assert requests.get(srv.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0
