@@ -415,3 +415,22 @@ def test_a_client_that_goes_away_stops_its_running_generation(srv):
     assert job.state in ("done", "cancelled") and job.stopping
     assert job.step < 150  # it stopped early instead of sampling all 150 steps for nobody
     assert requests.get(srv.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_a_reproduce_job_can_be_cancelled(srv, source_b64):
+    big = {"image": source_b64, "variants": 8, "steps": 100, "width": 64, "height": 64, "seed": 1}
+    first = requests.post(srv.url + "/tagloop/v1/reproduce", json=big).json()["id"]
+    second = requests.post(srv.url + "/tagloop/v1/reproduce", json=big).json()["id"]
+    deadline = time.time() + 60
+    while requests.get(srv.url + f"/tagloop/v1/jobs/{first}").json()["sampling_step"] < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert requests.delete(srv.url + f"/tagloop/v1/jobs/{second}").json()["status"] == "cancelled"  # waiting: never runs
+    t0 = time.time()
+    requests.delete(srv.url + f"/tagloop/v1/jobs/{first}")
+    while requests.get(srv.url + f"/tagloop/v1/jobs/{first}").json()["status"] == "running" and time.time() - t0 < 30:
+        time.sleep(0.05)
+    j = requests.get(srv.url + f"/tagloop/v1/jobs/{first}").json()
+    assert j["status"] == "cancelled" and "cancelled" in j["error"] and j["result"] is None
+    assert time.time() - t0 < 10  # it stopped at its next step, not after 8 x 100 steps
+    assert requests.get(srv.url + f"/tagloop/v1/jobs/{second}").json()["started"] is None
+    assert requests.get(srv.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0

@@ -262,3 +262,22 @@ def test_threshold_control_and_a_refused_job(page, server, source_png):
     page.wait_for_function("() => !document.getElementById('generate').disabled")
     assert page.is_hidden("#results")
     assert page.rec.problems(allow=r"status of 422") == []
+
+
+def test_a_running_job_is_cancelled_from_the_page(page, server, source_png):
+    """Cancel while sampling: the job stops on the server and the page says so, with no page error."""
+    page.goto(server.url + "/")
+    page.set_input_files("#file", str(source_png))
+    wait_for_tags_and_prompt(page)
+    for id_, value in (("variants", 8), ("steps", 100), ("width", 64), ("height", 64), ("seed", 1)):
+        page.fill(f"#{id_}", str(value))
+    page.click("#generate")
+    page.wait_for_function("() => /step [1-9]/.test(document.getElementById('job-status').textContent)", timeout=60_000)
+    job_id = page.eval_on_selector("#job", "j => j.dataset.jobId")
+    page.click("#cancel")
+    page.wait_for_function("() => document.getElementById('job-status').textContent === 'Cancelled'", timeout=30_000)
+    job = requests.get(server.url + f"/tagloop/v1/jobs/{job_id}", timeout=30).json()
+    assert job["status"] == "cancelled" and job["result"] is None
+    assert "cancelled" in page.inner_text("#error")
+    page.wait_for_function("() => !document.getElementById('generate').disabled")
+    assert page.rec.problems() == []

@@ -28,7 +28,7 @@ from .errors import ApiError, NotFound
 from .images import decode_image, open_image
 from .routes_a1111 import _check_limits, _step_hook, tag_images, tag_options_from_body
 from .state import ReproduceJob
-from .worker import Job
+from .worker import Job, JobStopped
 
 router = APIRouter(prefix="/tagloop/v1", tags=["tagloop"])
 
@@ -206,7 +206,14 @@ async def reproduce(request: Request, body: JsonBody) -> Json:
     def run(job: Job):
         from ..api import reproduce as run_reproduce
 
-        gen.step_hook = _step_hook(job)
+        progress = _step_hook(job)
+
+        def hook(step: int, steps: int, overall: float | None = None) -> bool:
+            if progress(step, steps, overall):
+                raise JobStopped()  # cancelled: the whole loop stops, not just this image
+            return False
+
+        gen.step_hook = hook
         try:
             result = run_reproduce(image, tagger=tagger, generator=gen, out_dir=holder["folder"], **loop, **settings)
         finally:
@@ -271,6 +278,16 @@ def job_status(request: Request, job_id: str) -> Json:
         exc = job.future.exception()
         out["error"] = str(exc) if exc is not None else None
     return out
+
+
+@router.delete("/jobs/{job_id}")
+def cancel_job(request: Request, job_id: str) -> Json:
+    """Cancel a reproduce job: a waiting one never runs, a running one stops at its next sampling step
+    (what it finished stays in its folder). A finished job is left as it is."""
+    rjob = _job(request, job_id)
+    if rjob.job.state in ("queued", "running"):
+        _state(request).worker.cancel(rjob.job)
+    return {"id": rjob.job.id, "status": rjob.job.state}
 
 
 @router.get("/jobs/{job_id}/{path:path}")

@@ -24,6 +24,11 @@ from typing import Any, Callable, Hashable
 from .errors import Cancelled, Unavailable
 
 
+class JobStopped(BaseException):
+    """Raised inside a long job's work (a reproduce run) when it is cancelled, so that no stage that
+    records one variant's failure and goes on can swallow it (like ``KeyboardInterrupt``)."""
+
+
 class Job:
     """One request's work for the worker.
 
@@ -225,6 +230,8 @@ class Worker:
     @staticmethod
     def _finish(job: Job, result: Any) -> None:
         job.finished = time.time()
+        if isinstance(result, JobStopped):
+            result = Cancelled("the job was cancelled")
         if isinstance(result, BaseException):
             job.state = "cancelled" if isinstance(result, Cancelled) else "failed"
             job.future.set_exception(result)

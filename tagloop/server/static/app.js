@@ -319,14 +319,16 @@
     $("results").hidden = true;
     $("gallery").replaceChildren();
     showJob("Queueing…", 0);
+    let started = false;
     try {
       const queued = await api("POST", `${API}/reproduce`, body);
       if (seq !== state.jobSeq) return;
       $("job").dataset.jobId = queued.id;
+      started = true;
       await poll(queued.id, seq);
     } catch (e) {
       if (seq === state.jobSeq) {
-        showJob("Not started", 0);
+        if (!started) showJob("Not started", 0); // else the poll has said how it ended
         fail(e);
       }
     } finally {
@@ -334,6 +336,18 @@
         state.busy = false;
         updateButtons();
       }
+    }
+  }
+
+  async function cancelJob() {
+    // the job stops at its next sampling step; the poll then shows it as cancelled
+    const id = $("job").dataset.jobId;
+    if (!id || !state.busy) return;
+    $("cancel").disabled = true;
+    try {
+      await api("DELETE", `${API}/jobs/${encodeURIComponent(id)}`);
+    } finally {
+      $("cancel").disabled = false;
     }
   }
 
@@ -544,6 +558,7 @@
     $("retag").addEventListener("click", () => tag().catch(fail));
     $("preset").addEventListener("change", () => composePrompt().catch(fail));
     $("generate").addEventListener("click", () => generate().catch(fail));
+    $("cancel").addEventListener("click", () => cancelJob().catch(fail));
     // the last net: an unexpected rejection is shown, not thrown at the console
     window.addEventListener("unhandledrejection", (e) => {
       e.preventDefault();
