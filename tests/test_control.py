@@ -257,3 +257,67 @@ def test_server_alwayson_controlnet(control_models):
             timeout=120,
         )
         assert i2i.status_code == 200, i2i.text
+
+
+@pytest.fixture(scope="module")
+def sd3_control(tmp_path_factory):
+    """A tiny SD3 folder (two blocks: diffusers adds no control to the last one) and its SD3 ControlNet."""
+    from tagloop.testing import save_tiny_diffusers, save_tiny_sd3_controlnet
+
+    root = tmp_path_factory.mktemp("control_sd3")
+    pipe = save_tiny_diffusers("sd3", root / "sd3", sd3_transformer={"num_layers": 2})
+    cn = save_tiny_sd3_controlnet(pipe.transformer, root / "cn3", seed=1)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(root / "cn3.safetensors"))
+    _pattern().save(root / "src.png")
+    return root
+
+
+def test_sd3_controlnet_txt2img(sd3_control):
+    root = sd3_control
+    gen = Generator(root / "sd3", device="cpu", progress=False)
+    steps = []
+    gen.step_hook = lambda done, total: steps.append((done, total)) and False
+    plain = _arr(gen.generate(**BASE)[0].image)
+
+    def run(**u):
+        return gen.generate(**BASE, control=[ControlUnit(image=root / "src.png", model=root / "cn3", **u)])[0]
+
+    steps.clear()
+    full = run()
+    assert steps == [(1, 2), (2, 2)]  # the per-step hook sees the ControlNet pipeline's steps
+    assert np.abs(_arr(run(weight=0.0).image) - plain).max() <= 1
+    assert np.abs(_arr(full.image) - plain).max() > 10
+    assert np.abs(_arr(run().image) - _arr(full.image)).max() == 0  # the same seed gives the same image
+    assert np.abs(_arr(run(guidance_end=0.0).image) - plain).max() == 0
+    assert (
+        'ControlNet 0: "Module: canny, Model: cn3, Weight: 1.0, Resize Mode: Crop and Resize, Processor Res: 64, '
+        "Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0" in full.infotext
+    )
+    two = gen.generate(
+        **BASE,
+        control=[
+            ControlUnit(image=root / "src.png", model=root / "cn3"),
+            ControlUnit(module="image", image=root / "src.png", model=root / "cn3", weight=0.5),
+        ],
+    )
+    assert np.abs(_arr(two[0].image) - _arr(full.image)).max() > 0
+
+
+def test_sd3_controlnet_refusals(sd3_control, control_models):
+    sd3, sd1 = sd3_control, control_models
+    g3 = Generator(sd3 / "sd3", device="cpu", progress=False, a1111_dir=sd1)
+    with pytest.raises(ModelFileError, match="made for SD1"):
+        g3.prepare(gen_settings(control=[ControlUnit(image=sd3 / "src.png", model=sd1 / "cn_folder")]))
+    with pytest.raises(ModelFileError, match="made for SD"):
+        g3.prepare(gen_settings(control=[ControlUnit(image=sd3 / "src.png", model="control_tiny_canny")]))
+    with pytest.raises(ModelFileError, match="single file"):
+        g3.prepare(gen_settings(control=[ControlUnit(image=sd3 / "src.png", model=sd3 / "cn3.safetensors")]))
+    with pytest.raises(SettingsError, match="image-to-image"):
+        g3.prepare(gen_settings(init_image=sd3 / "src.png", control=[ControlUnit(image=sd3 / "src.png", model=sd3 / "cn3")]))
+    g1 = _gen(sd1)
+    with pytest.raises(ModelFileError, match="is an SD3 ControlNet"):
+        g1.prepare(gen_settings(control=[ControlUnit(image=sd3 / "src.png", model=sd3 / "cn3")]))
+    with pytest.raises(ModelFileError, match="SD3 ControlNet"):
+        g1.prepare(gen_settings(control=[ControlUnit(image=sd3 / "src.png", model=sd3 / "cn3.safetensors")]))

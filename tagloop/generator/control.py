@@ -16,6 +16,11 @@ A single file's configuration is the base model's UNet (a ControlNet is a copy o
 lllyasviel's files are), with the condition-embedding widths read from the file, so nothing is
 downloaded. A ControlNet made for another family than the checkpoint is refused before anything loads.
 
+SD3.x checkpoints take SD3 ControlNets (diffusers' ``SD3ControlNetModel``: a diffusers folder or a hub
+id; diffusers cannot build one from a single file, so single files are refused for SD3), text-to-image
+only (diffusers has no SD3 ControlNet image-to-image pipeline). The pipeline encodes the condition
+image with the VAE itself.
+
 The condition image (the Canny map, or the resized image) is computed at the output size, as
 sd-webui-controlnet's "Pixel Perfect" does, and recorded in the infotext as the extension writes it:
 ``ControlNet 0: "Module: canny, Model: NAME [HASH], Weight: 1.0, Resize Mode: Crop and Resize, ..."``.
@@ -128,11 +133,6 @@ def check_units(units: Iterable[ControlUnit], family: str | None = None) -> None
                 raise SettingsError(f"{where}: `{name}` must be between 0 and 255, not {v!r}.")
         if module == "canny" and u.low_threshold > u.high_threshold:
             raise SettingsError(f"{where}: `low_threshold` {u.low_threshold} is above `high_threshold` {u.high_threshold}.")
-    if units and family == "sd3":
-        raise SettingsError(
-            "`control` is not supported for SD3 models by tagloop (SD3 ControlNets are a different architecture); "
-            "use an SD1.x or SDXL checkpoint, or drop the control units."
-        )
 
 
 # --- condition images ----------------------------------------------------------------------------
@@ -258,8 +258,16 @@ def _file_tensors(path: Path, allow_pickle: bool) -> dict[str, dict]:
     return checkpoint_tensors(path, allow_pickle=allow_pickle)
 
 
-def controlnet_traits(source: ControlSource, allow_pickle: bool = False) -> tuple[int | None, bool] | None:
-    """``(cross_attention_dim, sdxl)`` of a local ControlNet from its config or file header (None for hub ids)."""
+def _sd3_width(cfg: dict) -> int | None:
+    heads, dim = cfg.get("num_attention_heads"), cfg.get("attention_head_dim")
+    return heads * dim if isinstance(heads, int) and isinstance(dim, int) else None
+
+
+def controlnet_traits(source: ControlSource, allow_pickle: bool = False) -> tuple[int | None, bool | str] | None:
+    """``(width, kind)`` of a local ControlNet from its config or file header (None for hub ids).
+
+    UNet ControlNets: ``(cross_attention_dim, sdxl)``; SD3 ControlNets: ``(hidden width, "sd3")``.
+    """
     from ..weights import classify_keys
 
     if source.kind == "hub":
@@ -269,13 +277,21 @@ def controlnet_traits(source: ControlSource, allow_pickle: bool = False) -> tupl
             cfg = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ModelFileError(f"the ControlNet folder {source.path} has an unreadable config.json ({e}).") from None
+        if cfg.get("_class_name") == "SD3ControlNetModel":
+            return _sd3_width(cfg), "sd3"
         if cfg.get("_class_name") not in (None, "ControlNetModel"):
             raise ModelFileError(
-                f"the folder {source.path} holds a {cfg.get('_class_name')}, not a ControlNetModel; give a ControlNet."
+                f"the folder {source.path} holds a {cfg.get('_class_name')}, not a ControlNetModel or SD3ControlNetModel; "
+                "give a ControlNet."
             )
         dim = cfg.get("cross_attention_dim")
         return (int(dim) if isinstance(dim, int) else None), cfg.get("addition_embed_type") == "text_time"
     tensors = _file_tensors(source.path, allow_pickle)
+    if any(k.startswith("pos_embed_input.") for k in tensors) or (
+        any(k.startswith("controlnet_blocks.") for k in tensors) and any(k.startswith("transformer_blocks.") for k in tensors)
+    ):
+        shape = (tensors.get("pos_embed_input.proj.weight") or {}).get("shape") or [0]
+        return (int(shape[0]) or None), "sd3"  # an SD3 ControlNet (diffusers names)
     if classify_keys(tensors) != "controlnet":
         from ..weights import describe_kind
 
@@ -294,8 +310,19 @@ _FAMILY_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
 def base_context_dim(source) -> int | None:
-    """The checkpoint's UNet cross-attention width, from its config or header (None when unknown)."""
+    """The checkpoint's UNet cross-attention width (SD3: its transformer's hidden width), from its config
+    or header (None when unknown)."""
     try:
+        if getattr(source, "family", None) == "sd3":
+            if source.kind == "diffusers" and source.path is not None:
+                return _sd3_width(json.loads((source.path / "transformer" / "config.json").read_text(encoding="utf-8")))
+            if source.kind == "single_file" and source.path is not None:
+                from .recognise import checkpoint_tensors
+
+                header = checkpoint_tensors(source.path, allow_pickle=True)
+                shape = (header.get("model.diffusion_model.x_embedder.proj.weight") or {}).get("shape") or [0]
+                return int(shape[0]) or None
+            return None
         if source.kind == "diffusers" and source.path is not None:
             cfg = json.loads((source.path / "unet" / "config.json").read_text(encoding="utf-8"))
             return int(cfg["cross_attention_dim"])
@@ -318,8 +345,30 @@ def check_family(control: ControlSource, traits, source, base_dim: int | None) -
         return
     dim, sdxl = traits
     family = source.family
-    if family == "sd3":
-        return  # refused by check_units
+    what = f"{source.name} is an {family_words(family, getattr(source, 'variant', None))} checkpoint"
+    if sdxl == "sd3" or family == "sd3":
+        if sdxl != "sd3":
+            guess = "SDXL" if sdxl else family_words(_FAMILY_DIMS[dim]) if dim in _FAMILY_DIMS else "SD1.x/SDXL"
+            raise ModelFileError(
+                f"the ControlNet {control.name} is made for {guess} models but {what}; give an SD3 ControlNet "
+                "(an SD3ControlNetModel folder)."
+            )
+        if family != "sd3":
+            raise ModelFileError(
+                f"the ControlNet {control.name} is an SD3 ControlNet but {what}; give a ControlNet made for "
+                f"{family_words(family)}."
+            )
+        if control.kind == "single_file":
+            raise ModelFileError(
+                f"the SD3 ControlNet {control.name} is a single file, which diffusers cannot load as an SD3 ControlNet; "
+                "give its diffusers folder (config.json + weights) or hub id."
+            )
+        if dim is not None and base_dim is not None and dim != base_dim:
+            raise ModelFileError(
+                f"the SD3 ControlNet {control.name} has width {dim} but {what} with width {base_dim}; give a ControlNet "
+                "made for this SD3 variant."
+            )
+        return
     if sdxl != (family == "sdxl") or (dim is not None and base_dim is not None and dim != base_dim):
         guess = "SDXL" if sdxl else family_words(_FAMILY_DIMS.get(dim, "sd1")) if dim in _FAMILY_DIMS else "another"
         raise ModelFileError(
@@ -338,12 +387,15 @@ def load_controlnet(control: ControlSource, unet, dtype, device: str, allow_pick
 
     A single file in the original layout (``control_model.*``) is converted with diffusers' own
     converter; its configuration is the base ``unet``'s (condition-embedding widths read from the file).
+    With an SD3 transformer as ``unet`` it is an ``SD3ControlNetModel`` (a folder or hub id).
     """
     key = (control.ident, str(dtype), device)
     with _MODELS_LOCK:
         hit = _MODELS.get(key)
     if hit is not None:
         return hit
+    if type(unet).__name__ == "SD3Transformer2DModel":
+        return _load_sd3_controlnet(control, unet, dtype, device, key)
     from diffusers import ControlNetModel
 
     from .models import _dtype_kwarg
@@ -369,6 +421,40 @@ def load_controlnet(control: ControlSource, unet, dtype, device: str, allow_pick
         raise ModelFileError(
             f"the ControlNet {control.name} has cross-attention width {dim} but the checkpoint's UNet has "
             f"{unet.config.cross_attention_dim}; give a ControlNet made for this model's family."
+        )
+    model = model.to(device).eval()
+    with _MODELS_LOCK:
+        _MODELS[key] = model
+    return model
+
+
+def _load_sd3_controlnet(control: ControlSource, transformer, dtype, device: str, key: tuple):
+    from diffusers import SD3ControlNetModel
+
+    from .models import _dtype_kwarg
+
+    if control.kind == "single_file":
+        raise ModelFileError(
+            f"the ControlNet {control.name} is a single file, which diffusers cannot load as an SD3 ControlNet; "
+            "give its diffusers folder (config.json + weights) or hub id."
+        )
+    try:
+        if control.kind == "diffusers":
+            model = SD3ControlNetModel.from_pretrained(str(control.path), local_files_only=True, **{_dtype_kwarg(): dtype})
+        else:
+            from ..hub import _offline
+
+            model = SD3ControlNetModel.from_pretrained(control.repo_id, local_files_only=_offline(), **{_dtype_kwarg(): dtype})
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFileError(f"loading the SD3 ControlNet {control.path or control.repo_id} failed: {first}") from None
+    cfg, base = dict(model.config), dict(transformer.config)
+    if model.config.get("_class_name", "SD3ControlNetModel") != "SD3ControlNetModel" or any(
+        cfg.get(k) != base.get(k) for k in ("num_attention_heads", "attention_head_dim", "in_channels", "patch_size")
+    ):
+        raise ModelFileError(
+            f"the ControlNet {control.name} (width {_sd3_width(cfg)}) does not fit the checkpoint's SD3 transformer "
+            f"(width {_sd3_width(base)}); give an SD3 ControlNet made for this model."
         )
     model = model.to(device).eval()
     with _MODELS_LOCK:

@@ -330,7 +330,7 @@ class Generator:
 
         runs = []
         dtype = _compute_dtype(self.options)
-        unet = loaded.pipe.unet
+        unet = loaded.denoiser  # SD3: the transformer (an SD3 ControlNet is loaded against it)
         for i, (unit, source) in enumerate(zip(s.control, self._control_sources(s))):
             cond = condition_image(unit, s.width, s.height)
             model = (
@@ -357,7 +357,8 @@ class Generator:
             control_guidance_start=[float(r.unit.guidance_start) for r in active],
             control_guidance_end=[float(r.unit.guidance_end) for r in active],
         )
-        kwargs["control_image" if img2img else "image"] = conds[0] if one else conds
+        # SD1/SDXL txt2img take the condition as `image`; their img2img and SD3 as `control_image`
+        kwargs["control_image" if img2img or self.family == "sd3" else "image"] = conds[0] if one else conds
         return pipe, kwargs
 
     # -- generation ------------------------------------------------------------------------------
@@ -488,7 +489,15 @@ class Generator:
         if controlled:
             cpipe, extra = self._control_kwargs(loaded, control, False)
             cpipe.scheduler = self._watch(cpipe, scheduler, s.steps)
-            out = cpipe(width=s.width, height=s.height, num_inference_steps=s.steps, **extra, **common)
+            if self.family != "sd3":
+                out = cpipe(width=s.width, height=s.height, num_inference_steps=s.steps, **extra, **common)
+                return list(out.images)
+            # diffusers' SD3 ControlNet pipeline samples the condition's VAE latent from the global RNG:
+            # seed it from the first image's seed (restored after) so a seed gives the same image again
+            devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(batch[0].seed)
+                out = cpipe(width=s.width, height=s.height, num_inference_steps=s.steps, **extra, **common)
             return list(out.images)
         pipe.scheduler = self._watch(pipe, scheduler, s.steps)
         if not s.hires:

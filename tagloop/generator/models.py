@@ -132,7 +132,8 @@ class LoadedModel:
 
     def control_pipe(self, img2img: bool, controlnets: list):
         """The ControlNet pipeline (text-to-image or image-to-image) over the same modules and ``controlnets``
-        (one ``ControlNetModel``, or several as diffusers' multi-ControlNet); cached per set of models."""
+        (one ``ControlNetModel`` / ``SD3ControlNetModel``, or several as diffusers' multi-ControlNet); cached
+        per set of models."""
         key = (bool(img2img), tuple(id(m) for m in controlnets))
         if key not in self.control_pipes:
             import diffusers
@@ -140,6 +141,8 @@ class LoadedModel:
             names = CONTROL_PIPELINE_CLASSES.get(self.family)
             if names is None:
                 raise GeneratorError(f"ControlNet is not supported for {self.family} models by tagloop.")
+            if names[1 if img2img else 0] is None:
+                raise GeneratorError(f"ControlNet image-to-image is not supported for {self.family} models by diffusers.")
             cls = getattr(diffusers, names[1 if img2img else 0])
             net = controlnets[0] if len(controlnets) == 1 else list(controlnets)
             extra = {"safety_checker": None, "feature_extractor": None} if self.family in ("sd1", "sd2") else {}
@@ -156,6 +159,7 @@ CONTROL_PIPELINE_CLASSES = {
     "sd1": ("StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline"),
     "sd2": ("StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline"),
     "sdxl": ("StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline"),
+    "sd3": ("StableDiffusion3ControlNetPipeline", None),  # diffusers has no SD3 ControlNet img2img pipeline
 }
 
 

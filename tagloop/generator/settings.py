@@ -189,6 +189,11 @@ def check_settings(settings: GenerationSettings, family: str | None = None) -> N
         if not isinstance(s.control, (list, tuple)):
             raise _err("`control` must be a list of ControlUnit values.")
         check_units(s.control, family)
+        if family == "sd3" and s.init_image is not None:
+            raise _err(
+                "`control` with `init_image` is not supported for SD3 models (diffusers has no SD3 ControlNet "
+                "image-to-image pipeline); drop the init image (text-to-image with control) or the control units."
+            )
         if s.hires:
             raise _err("`control` with `hires_scale` is not supported yet; drop the hires fix (or generate at the larger size).")
         if s.mask_image is not None:

@@ -28,6 +28,8 @@ _BUILDERS = {
     "save_tiny_clip": "tagloop.testing.clip",
     "save_tiny_controlnet": "tagloop.testing.control",
     "build_tiny_controlnet": "tagloop.testing.control",
+    "save_tiny_sd3_controlnet": "tagloop.testing.control",
+    "build_tiny_sd3_controlnet": "tagloop.testing.control",
 }
 
 __all__ = list(_BUILDERS)

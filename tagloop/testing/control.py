@@ -2,7 +2,9 @@
 
 :func:`save_tiny_controlnet` copies a tiny UNet's encoder into a ControlNet (``ControlNetModel.from_unet``)
 and gives every weight, the zero-initialised output convs included, seeded random values, so the
-control really changes the image.
+control really changes the image. :func:`save_tiny_sd3_controlnet` does the same for an SD3
+transformer (``SD3ControlNetModel``: its first blocks copied, the condition patch embedding and the
+zero-initialised output projections seeded random).
 """
 
 from __future__ import annotations
@@ -81,4 +83,43 @@ def save_tiny_controlnet(
             save_file(sd, str(path))
         else:
             torch.save(sd, str(path))
+    return cn
+
+
+def build_tiny_sd3_controlnet(transformer, seed: int = 0, num_layers: int | None = None, scale: float = 0.3):
+    """An ``SD3ControlNetModel`` of ``transformer``'s shape (its first ``num_layers`` blocks, default all),
+    the condition embedding (``pos_embed_input``) and output projections (``controlnet_blocks``) seeded random.
+
+    Built from the transformer's config as ``SD3ControlNetModel.from_transformer`` does, without its
+    inpainting channel (``extra_conditioning_channels=0``: the condition is the VAE latent alone).
+    diffusers adds no control to the transformer's last block (it outputs no context), so for the
+    control to have an effect the transformer needs two blocks or more
+    (``save_tiny_diffusers("sd3", folder, sd3_transformer={"num_layers": 2})``).
+    """
+    import torch
+    from diffusers import SD3ControlNetModel
+
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    config.update(num_layers=num_layers or config["num_layers"], extra_conditioning_channels=0)
+    cn = SD3ControlNetModel.from_config(config)
+    cn.pos_embed.load_state_dict(transformer.pos_embed.state_dict())
+    cn.time_text_embed.load_state_dict(transformer.time_text_embed.state_dict())
+    cn.context_embedder.load_state_dict(transformer.context_embedder.state_dict())
+    # the transformer's last block outputs no context (context_pre_only), the ControlNet's blocks do:
+    # copy what has the same shape
+    own = cn.transformer_blocks.state_dict()
+    base = transformer.transformer_blocks.state_dict()
+    cn.transformer_blocks.load_state_dict({k: v for k, v in base.items() if k in own and own[k].shape == v.shape}, strict=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in cn.named_parameters():
+            if name.startswith(("controlnet_blocks", "pos_embed_input")):
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return cn.eval()
+
+
+def save_tiny_sd3_controlnet(transformer, folder: str | Path, seed: int = 0, num_layers: int | None = None):
+    """Write a tiny SD3 ControlNet of ``transformer`` as a diffusers ``folder``; returns the model."""
+    cn = build_tiny_sd3_controlnet(transformer, seed=seed, num_layers=num_layers)
+    cn.save_pretrained(Path(folder), safe_serialization=True)
     return cn

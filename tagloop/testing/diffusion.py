@@ -245,10 +245,11 @@ def build_tiny_pipeline(
     raise ValueError(f"`family` must be one of sd1, sdxl, sd3, not {family!r}.")
 
 
-def save_tiny_diffusers(family: Family, folder: str | Path, seed: int = 0):
-    """Build a tiny pipeline and save it as a diffusers folder; returns the pipeline."""
+def save_tiny_diffusers(family: Family, folder: str | Path, seed: int = 0, sd3_transformer: dict[str, Any] | None = None):
+    """Build a tiny pipeline and save it as a diffusers folder; returns the pipeline
+    (``sd3_transformer``: overrides of the tiny SD3 transformer's config, as :func:`build_tiny_pipeline`)."""
     folder = Path(folder)
-    pipe = build_tiny_pipeline(family, seed, work_dir=folder.parent / f".{folder.name}-work")
+    pipe = build_tiny_pipeline(family, seed, work_dir=folder.parent / f".{folder.name}-work", sd3_transformer=sd3_transformer)
     pipe.save_pretrained(folder, safe_serialization=True)
     return pipe
 
