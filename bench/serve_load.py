@@ -687,13 +687,10 @@ def machine(args) -> dict:
 
 
 def _commit() -> str | None:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    """The checkout's commit, as bench/reproduce.py records it."""
+    from reproduce import _commit as commit  # bench/ is on sys.path when this script runs
+
+    return commit()
 
 
 def _f(v, spec: str = ".0f") -> str:

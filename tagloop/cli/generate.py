@@ -21,6 +21,8 @@ def _size(ctx, param, value):
         w, h = (int(v) for v in text.split("x")) if "x" in text else (int(text), int(text))
     except ValueError:
         raise click.BadParameter(f"expected WIDTHxHEIGHT such as 512x768, not {value!r}") from None
+    if w < 1 or h < 1:
+        raise click.BadParameter(f"both sides must be at least 1 pixel, not {value!r}")
     return w, h
 
 

@@ -8,22 +8,10 @@ from pathlib import Path
 import click
 
 from ..errors import TagloopError
+from .generate import _size
 
 #: Settings whose option has another name (library messages name the setting).
 _SETTING_FLAGS = {"width": "--size", "height": "--size", "max_pixels": "--max-pixels"}
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    text = str(value).lower().replace("*", "x").replace(" ", "")
-    try:
-        w, h = (int(v) for v in text.split("x")) if "x" in text else (int(text), int(text))
-    except ValueError:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 1024x1536, not {value!r}") from None
-    if w < 1 or h < 1:
-        raise click.BadParameter(f"both sides must be at least 1 pixel, not {value!r}")
-    return w, h
 
 
 def _error(error: TagloopError) -> click.ClickException:
