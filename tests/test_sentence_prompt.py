@@ -333,3 +333,43 @@ def test_sd3_tiny_pipeline_takes_a_sentence(tmp_path):
     img = np.asarray(out[0].image, dtype=np.int16)
     assert img.shape == (64, 64, 3) and img.std() > 0
     assert out[0].infotext.startswith(c.positive + "\nNegative prompt: ")
+
+
+def test_a_users_own_group_file(tmp_path):
+    """`sentence_groups` (--sentence-groups) replaces the built-in file: its phrases are what is written."""
+    from pathlib import Path
+
+    import tagloop
+    from tagloop.cli import main
+
+    builtin = (Path(tagloop.__file__).parent / "data" / "sentence_groups.toml").read_text(encoding="utf-8")
+    mine = builtin.replace('"classroom" = "in a classroom"', '"classroom" = "inside a school classroom"')
+    assert mine != builtin
+    path = tmp_path / "groups.toml"
+    path.write_text(mine, encoding="utf-8")
+    tags = "1girl, solo, smile, classroom"
+    plain = tagloop.compose_prompt(tags, preset="plain", prompt_style="sentence").positive
+    own = tagloop.compose_prompt(tags, preset="plain", prompt_style="sentence", sentence_groups=str(path)).positive
+    assert "in a classroom" in plain and "inside a school classroom" in own
+    r = CliRunner().invoke(
+        main,
+        [
+            "prompt",
+            "--tags",
+            tags,
+            "--preset",
+            "plain",
+            "--prompt-style",
+            "sentence",
+            "--sentence-groups",
+            str(path),
+            "--format",
+            "json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "inside a school classroom" in json.loads(r.output)["positive"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[groups.x]\ntags = 3\n", encoding="utf-8")
+    with pytest.raises(InputError):
+        tagloop.compose_prompt(tags, preset="plain", prompt_style="sentence", sentence_groups=str(bad))

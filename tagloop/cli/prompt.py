@@ -33,7 +33,7 @@ PROMPT_OPTION_NAMES = (
     "filter_files", "block", "style", "preset", "negative_preset", "negative_extra", "quality", "trigger_words", "loras",
     "budget", "tokenizer", "always_first", "max_tags", "replace_pairs", "replace_files", "no_overlap", "keep_rating",
     "character_first", "category_order", "emphasis", "emphasis_range", "weights", "use_spaces", "escape",
-    "prompt_style", "llm", "llm_max_new_tokens",
+    "prompt_style", "llm", "llm_max_new_tokens", "sentence_groups",
 )  # fmt: skip
 
 
@@ -87,6 +87,7 @@ def build_prompt_settings(**opts: Any):
             prompt_style=opts.get("prompt_style"),
             llm=opts.get("llm"),
             llm_max_new_tokens=opts.get("llm_max_new_tokens") or 120,
+            sentence_groups=opts.get("sentence_groups"),
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
@@ -249,6 +250,12 @@ def _tagger_integration() -> tuple[list[click.Parameter], Callable[..., TagResul
     default=None,
     help="Longest answer the language model may write (default 120 tokens).",
 )
+@click.option(
+    "--sentence-groups",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Your own group file for --prompt-style sentence|llm (shaped like tagloop/data/sentence_groups.toml).",
+)
 @handle_errors
 def prompt_command(
     image,
@@ -282,6 +289,7 @@ def prompt_command(
     prompt_style,
     llm,
     llm_max_new_tokens,
+    sentence_groups,
     **tagger_kwargs,
 ):
     """Compose a Stable Diffusion prompt from an image's tags: filters, quality tags, negative prompt, token budget.
@@ -347,6 +355,7 @@ def prompt_command(
         prompt_style=prompt_style,
         llm=llm,
         llm_max_new_tokens=llm_max_new_tokens,
+        sentence_groups=sentence_groups,
     )
 
     composed = []

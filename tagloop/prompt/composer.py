@@ -68,6 +68,8 @@ class PromptSettings(FilterSettings):
     llm: for ``llm``: a transformers model folder, a ``.gguf`` file, a hub id, or an object with
         ``generate(prompt, max_new_tokens) -> str`` (see :mod:`tagloop.prompt.llm`).
     llm_max_new_tokens: the longest answer the model may write.
+    sentence_groups: a group file shaped like ``tagloop/data/sentence_groups.toml`` for the
+    ``sentence`` and ``llm`` styles (None: the built-in one).
     """
 
     style: str | Path | StyleRules | None = None
@@ -88,6 +90,7 @@ class PromptSettings(FilterSettings):
     prompt_style: str | None = None
     llm: Any = None
     llm_max_new_tokens: int = 120
+    sentence_groups: str | Path | None = None
 
     def __post_init__(self) -> None:
         if self.category_order is not None:

@@ -562,7 +562,7 @@ def apply_prompt_style(
     """Rewrite the tag prompt of ``composed`` as a sentence (``sentence``) or a model's sentence (``llm``)."""
     style = str(eff.prompt_style)
     mode = preset.sentence_weights
-    groups = load_sentence_groups()
+    groups = load_sentence_groups(eff.sentence_groups)
     front = [p.text for p in composed.parts if p.kind in _FRONT_KINDS]
     loras = [p.text for p in composed.parts if p.kind == "lora"]
     tag_parts = [p for p in composed.parts if p.kind == "tag"]
