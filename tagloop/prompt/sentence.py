@@ -31,15 +31,8 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 from ..errors import InputError
 from ..filters.base import Removal
@@ -218,32 +211,15 @@ def parse_sentence_groups(data: dict[str, Any], source: str) -> SentenceGroups:
     return SentenceGroups(tuple(groups), tuple(sorted(bands, reverse=True)), source)
 
 
-@lru_cache(maxsize=4)
-def _load(path: str | None, stamp: int | None) -> SentenceGroups:
-    if path is None:
-        text = resources.files("tagloop").joinpath("data/sentence_groups.toml").read_text(encoding="utf-8")
-        return parse_sentence_groups(tomllib.loads(text), "builtin")
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise SentenceError(
-            f"sentence groups file {path} cannot be read ({e}); give a TOML file shaped like tagloop/data/sentence_groups.toml."
-        ) from None
-    return parse_sentence_groups(data, path)
-
-
 def load_sentence_groups(groups: str | Path | SentenceGroups | None = None) -> SentenceGroups:
     """The built-in sentence groups (None or ``builtin``), a file of the same shape, or ``groups`` itself."""
     if isinstance(groups, SentenceGroups):
         return groups
-    if groups is None or str(groups) == "builtin":
-        return _load(None, None)
-    path = Path(groups).expanduser()
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        raise SentenceError(f"sentence groups file {path} does not exist.") from None
-    return _load(str(path.resolve()), stamp)
+    from ..datafiles import load_data_file
+
+    return load_data_file(
+        groups, builtin="sentence_groups.toml", setting="sentence_groups", parse=parse_sentence_groups, error=SentenceError
+    )
 
 
 # -- phrases ----------------------------------------------------------------------------------------

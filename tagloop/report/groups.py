@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 from ..errors import InputError
 from ..tagtext import canonical
@@ -99,33 +92,10 @@ def parse_groups(data: dict[str, Any], source: str) -> TagGroups:
     return TagGroups(tuple(groups), source)
 
 
-@lru_cache(maxsize=8)
-def _load(path: str | None, stamp: int | None) -> TagGroups:
-    if path is None:
-        text = resources.files("tagloop").joinpath("data/tag_groups.toml").read_text(encoding="utf-8")
-        return parse_groups(tomllib.loads(text), "builtin")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"`groups` file {path}: cannot read it ({e.strerror or e}).") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"`groups` file {path} is not valid TOML ({e}); see tagloop/data/tag_groups.toml.") from None
-    return parse_groups(data, str(path))
-
-
 def load_groups(groups: str | Path | TagGroups | None = None) -> TagGroups:
     """The built-in groups (None or ``builtin``), a group file, or ``groups`` itself."""
     if isinstance(groups, TagGroups):
         return groups
-    if groups is None or str(groups) == "builtin":
-        return _load(None, None)
-    path = Path(groups).expanduser()
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        raise InputError(
-            f"`groups` file {path} does not exist; give a TOML file shaped like tagloop/data/tag_groups.toml."
-        ) from None
-    return _load(str(path.resolve()), stamp)
+    from ..datafiles import load_data_file
+
+    return load_data_file(groups, builtin="tag_groups.toml", setting="groups", parse=parse_groups)
