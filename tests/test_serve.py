@@ -434,3 +434,18 @@ def test_a_reproduce_job_can_be_cancelled(srv, source_b64):
     assert time.time() - t0 < 10  # it stopped at its next step, not after 8 x 100 steps
     assert requests.get(srv.url + f"/tagloop/v1/jobs/{second}").json()["started"] is None
     assert requests.get(srv.url + "/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_an_image_with_alpha_is_tagged_as_the_tag_command_tags_the_file(srv, tmp_path):
+    img = draw_source_image(128).convert("RGBA")
+    alpha = Image.new("L", img.size, 0)
+    alpha.paste(255, (16, 16, 112, 112))
+    img.putalpha(alpha)
+    path = tmp_path / "alpha.png"
+    img.save(path)
+    r = requests.post(srv.url + "/tagloop/v1/tag", json={"image": base64.b64encode(path.read_bytes()).decode(), "threshold": 0.3})
+    want = srv.state.taggers["default"].tag(str(path), threshold=0.3, workers=1).to_json()
+    got = r.json()
+    assert [t["name"] for t in got["tags"]] == [t["name"] for t in want["tags"]]
+    assert np.allclose([t["score"] for t in got["tags"]], [t["score"] for t in want["tags"]], atol=1e-6)
+    assert abs(got["edge_density"] - want["edge_density"]) < 1e-9

@@ -44,15 +44,16 @@ def image_bytes(value: Any, what: str = "image") -> bytes:
     return data
 
 
-def decode_image(value: Any, max_pixels: int, what: str = "image", mode: str | None = "RGB") -> Image.Image:
-    """A base64 image decoded (first frame, upright), converted to ``mode`` (None: as decoded).
+def decode_image(value: Any, max_pixels: int, what: str = "image", mode: str | None = None) -> Image.Image:
+    """A base64 image decoded as tagloop's loader decodes files (first frame, upright, 8-bit RGB or
+    RGBA: the tagger handles alpha as it does for ``tagloop tag``), converted to ``mode`` if given.
 
     Over ``max_pixels`` is a 413; not an image, or a broken one, is a 422.
     """
     return open_image(image_bytes(value, what), max_pixels, what, mode)
 
 
-def open_image(data: bytes, max_pixels: int, what: str = "image", mode: str | None = "RGB") -> Image.Image:
+def open_image(data: bytes, max_pixels: int, what: str = "image", mode: str | None = None) -> Image.Image:
     """Image bytes decoded under the pixel cap (see :func:`decode_image`)."""
     from ..tagger.preprocess import ImageDecodeError, load_image
 
@@ -63,14 +64,7 @@ def open_image(data: bytes, max_pixels: int, what: str = "image", mode: str | No
         if "pixels" in msg and "cap" in msg:
             raise PayloadTooLarge(f"`{what}`: {msg}.") from None
         raise ApiError(f"`{what}` cannot be used: {msg}.", 422) from None
-    if mode and img.mode != mode:
-        if mode == "RGB" and img.mode in ("RGBA", "LA", "PA"):
-            background = Image.new("RGB", img.size, (255, 255, 255))
-            background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
-            img = background
-        else:
-            img = img.convert(mode)
-    return img
+    return img.convert(mode) if mode and img.mode != mode else img
 
 
 def png_base64(image: Image.Image, infotext: str | None) -> str:

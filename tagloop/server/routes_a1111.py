@@ -171,7 +171,7 @@ async def generate(request: Request, body: Json, *, img2img: bool) -> Json:
     if img2img:
         fields["init_image"] = await run_in_threadpool(decode_image, fields.get("init_image"), limits.max_pixels, "init_images")
         if fields.get("mask_image") is not None:
-            fields["mask_image"] = await run_in_threadpool(decode_image, fields["mask_image"], limits.max_pixels, "mask", None)
+            fields["mask_image"] = await run_in_threadpool(decode_image, fields["mask_image"], limits.max_pixels, "mask")
     if fields.get("control"):
         import dataclasses
 
@@ -298,7 +298,7 @@ async def extra_single_image(request: Request, body: JsonBody) -> Json:
     state = _state(request)
     if not body.get("image"):
         raise NotFound("Image not found: send the image base64-encoded in `image`.")
-    img = await run_in_threadpool(decode_image, body["image"], state.settings.limits.max_pixels, "image", None)
+    img = await run_in_threadpool(decode_image, body["image"], state.settings.limits.max_pixels, "image")
     out, info = await run_in_threadpool(_extras, body, [img], ["image"], state)
     return {"html_info": info, "image": out[0]}
 
@@ -317,7 +317,7 @@ async def extra_batch_images(request: Request, body: JsonBody) -> Json:
     images = []
     for i, item in enumerate(items):
         data = item.get("data") if isinstance(item, dict) else None
-        images.append(await run_in_threadpool(decode_image, data, state.settings.limits.max_pixels, f"imageList[{i}].data", None))
+        images.append(await run_in_threadpool(decode_image, data, state.settings.limits.max_pixels, f"imageList[{i}].data"))
     names = [str(item.get("name") or f"image{i}") for i, item in enumerate(items)]
     out, info = await run_in_threadpool(_extras, body, images, names, state)
     return {"html_info": info, "images": out}

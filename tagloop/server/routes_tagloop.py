@@ -183,7 +183,7 @@ async def reproduce(request: Request, body: JsonBody) -> Json:
     limits = state.settings.limits
     if not body.get("image"):
         raise NotFound("Image not found: send the source image base64-encoded in `image`.")
-    image = await run_in_threadpool(decode_image, body["image"], limits.max_pixels, "image", None)
+    image = await run_in_threadpool(decode_image, body["image"], limits.max_pixels, "image")
     loop = {k: body[k] for k in LOOP_FIELDS if body.get(k) is not None}
     gen_fields = {k: body[k] for k in GENERATION_FIELDS if body.get(k) is not None}
     tag_fields = {k: body[k] for k in TAG_FIELDS if body.get(k) is not None}
